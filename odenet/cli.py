@@ -1,0 +1,218 @@
+"""The ``odenet`` command: train, evaluate, predict, report, bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .config import Config, load_config_file
+from .errors import OdenetError
+
+# flag -> (config key, type, help); defaults come from Config and are shown in --help
+TRAIN_FLAGS = [
+    ("--batch-size", "batch_size", int, "batch size"),
+    ("--epochs", "epochs", int, "epochs"),
+    ("--lr", "lr", float, "Adam learning rate"),
+    ("--t-end", "t_end", float, "final integration time T"),
+    ("--ode-dim", "ode_dim", int, "latent dimension"),
+    ("--solver", "solver", str, "ODE solver: dopri5, rk4, euler, midpoint, bosh3, adaptive_heun, or any torchdiffeq method"),
+    ("--rtol", "rtol", float, "relative tolerance (adaptive solvers)"),
+    ("--atol", "atol", float, "absolute tolerance (adaptive solvers)"),
+    ("--step-size", "step_size", float, "step of fixed-step solvers (euler, midpoint, rk4)"),
+    ("--backend", "backend", str, "solver engine: native or torchdiffeq"),
+    ("--max-steps", "max_steps", int, "adaptive solver step limit per solve"),
+    ("--dataset", "dataset", str, "mnist or fashion-mnist"),
+    ("--data-dir", "data_dir", str, "dataset folder in torchvision's layout (default: $ODENET_DATA_DIR or ~/.cache/odenet/data)"),
+    ("--train-subset", "train_subset", int, "train on a fixed random subset of this many images"),
+    ("--test-subset", "test_subset", int, "evaluate on a fixed random subset of this many images"),
+    ("--eval-batch-size", "eval_batch_size", int, "evaluation batch size"),
+    ("--seed", "seed", int, "random seed"),
+    ("--device", "device", str, "auto (cuda if available), cpu, cuda, cuda:N"),
+    ("--out", "out", str, "folder that holds run folders"),
+    ("--name", "name", str, "run folder name (default: <dataset>-<solver>-<time>)"),
+]
+TRAIN_SWITCHES = [  # (flag, config key, value it sets, help)
+    ("--no-adjoint", "adjoint", False, "backpropagate through the solver instead of the adjoint method"),
+    ("--seminorm", "seminorm", True, "adjoint backward error norm ignores the parameter adjoint"),
+    ("--tensorboard", "tensorboard", True, "also log to TensorBoard (<run>/tensorboard)"),
+    ("--no-report", "report", False, "do not write the figures and report.html at the end"),
+    ("--no-verify-data", "verify_data", False, "skip the MD5 check of dataset files (for your own IDX files)"),
+]
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the Neural ODE (the seed's configuration by default)",
+                       description="Train the Neural ODE classifier. Precedence: flags > --config file > defaults.")
+    p.add_argument("--config", help="YAML/TOML/JSON file with the same keys as the flags")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (--epochs may extend it)")
+    defaults = Config()
+    for flag, key, typ, text in TRAIN_FLAGS:
+        p.add_argument(flag, dest=key, type=typ, default=None, help=f"{text} (default: {getattr(defaults, key)})")
+    for flag, key, value, text in TRAIN_SWITCHES:
+        p.add_argument(flag, dest=key, action="store_const", const=value, default=None, help=text)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_common_eval(p) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="odenet", description="Neural ODE classifier for MNIST (adjoint method).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+
+    p = sub.add_parser("evaluate", help="test accuracy, loss, NFE and per-class accuracy of a run or checkpoint")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--data-dir", help="dataset folder (default: the run's, else $ODENET_DATA_DIR or the cache)")
+    p.add_argument("--batch-size", type=int, default=1000, help="batch size (default: 1000)")
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate a fixed random subset")
+    _add_common_eval(p)
+
+    p = sub.add_parser("predict", help="classify your own images (top-3 classes)")
+    p.add_argument("target", metavar="CHECKPOINT|RUN_DIR")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top", type=int, default=3, help="how many classes to show (default: 3)")
+    _add_common_eval(p)
+
+    p = sub.add_parser("report", help="six figures and report.html for a run")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--data-dir", help="dataset folder (default: the run's, else $ODENET_DATA_DIR or the cache)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    p.add_argument("--tsne-points", type=int, default=2000, help="test images in the t-SNE panels (default: 2000)")
+
+    from . import bench
+
+    bench.add_parser(sub)
+    return parser
+
+
+def _train_config(args) -> Config:
+    values: Dict = {}
+    if args.config:
+        values.update(load_config_file(args.config))
+    for _, key, *_ in TRAIN_FLAGS + TRAIN_SWITCHES:
+        v = getattr(args, key)
+        if v is not None:
+            values[key] = v
+    return Config.from_dict(values).validate()
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    if args.resume:
+        run = Path(args.resume)
+        cfg_path = run / "config.yaml"
+        if not (run / "checkpoints" / "last.pt").is_file() or not cfg_path.is_file():
+            raise OdenetError(f"{run} is not a resumable run folder (needs config.yaml and checkpoints/last.pt)")
+        cfg = Config.from_dict(load_config_file(str(cfg_path)))
+        for key in ("epochs", "device", "data_dir"):
+            if getattr(args, key) is not None:
+                setattr(cfg, key, getattr(args, key))
+        cfg.validate()
+    else:
+        cfg = _train_config(args)
+        if cfg.name is None:
+            cfg.name = f"{cfg.dataset}-{cfg.solver}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = Path(cfg.out) / cfg.name
+        if run.exists():
+            raise OdenetError(f"run folder {run} already exists; continue it with --resume {run} or pick another --name")
+    hooks = []
+    if cfg.report:
+        from .report import history_hook
+
+        hooks.append(history_hook)
+    progress = not args.no_progress and sys.stderr.isatty()
+    summary = train(cfg, run, resume=bool(args.resume), progress=progress, hooks=hooks)
+    print(f"done: best test accuracy {summary['best_test_acc']:.4f}; run folder {run}")
+    if cfg.report:
+        from .report import write_report
+
+        out = write_report(run)
+        print(f"report: {out}")
+    return 0
+
+
+def _data_dir_for(cfg: Config, override: Optional[str]) -> str:
+    from .config import default_data_dir
+
+    return override or cfg.data_dir or default_data_dir()
+
+
+def cmd_evaluate(args) -> int:
+    from .checkpoint import load_model
+    from .data import class_names, load
+    from .evaluate import run_eval
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    model, cfg, state = load_model(args.target, device)
+    split = load(cfg.dataset, _data_dir_for(cfg, args.data_dir), False, device, args.test_subset, cfg.verify_data)
+    names = class_names(cfg.dataset)
+    ev = run_eval(model, split, args.batch_size, len(names))
+    result = {"checkpoint_epoch": state["epoch"], "dataset": cfg.dataset, "solver": cfg.solver,
+              "n": ev["n"], "accuracy": ev["acc"], "loss": ev["loss"], "nfe_mean": ev["nfe"],
+              "images_per_s": ev["images_per_s"], "per_class_accuracy": dict(zip(names, ev["per_class_acc"]))}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{cfg.dataset} test set ({ev['n']} images), checkpoint after epoch {state['epoch']}, solver {cfg.solver}")
+        print(f"accuracy {ev['acc']:.4f}  loss {ev['loss']:.4f}  mean NFE {ev['nfe']:.1f}  {ev['images_per_s']:.0f} images/s")
+        print("per-class accuracy: " + "  ".join(f"{n}: {a:.4f}" for n, a in zip(names, ev["per_class_acc"])))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .checkpoint import load_model
+    from .data import class_names
+    from .evaluate import predict, prepare_image
+    from .train import resolve_device
+
+    if args.top < 1 or args.top > 10:
+        raise OdenetError("--top must be between 1 and 10")
+    model, cfg, _ = load_model(args.target, resolve_device(args.device))
+    images = [prepare_image(p) for p in args.images]
+    names = class_names(cfg.dataset)
+    results = predict(model, images, cfg.dataset, args.top)
+    if args.json:
+        print(json.dumps([{"image": p, "top": [{"class": names[c], "probability": q} for c, q in r]}
+                          for p, r in zip(args.images, results)], indent=2))
+    else:
+        for p, r in zip(args.images, results):
+            print(f"{p}: " + ", ".join(f"{names[c]} {q:.3f}" for c, q in r))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    out = write_report(Path(args.run), data_dir=args.data_dir, device=args.device, tsne_points=args.tsne_points)
+    print(f"report: {out}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report}
+    try:
+        if args.command == "bench":
+            from . import bench
+
+            return bench.run(args)
+        return commands[args.command](args)
+    except OdenetError as e:
+        print(f"odenet: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("odenet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

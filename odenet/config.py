@@ -1,0 +1,125 @@
+"""Run configuration: plain values with the seed's defaults, validation, and config-file loading."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .errors import OdenetError
+
+DATASETS = ("mnist", "fashion-mnist")
+
+
+@dataclass
+class Config:
+    """Every setting of a training run. The defaults are the seed's configuration (SPEC.md)."""
+
+    # the seed's configuration
+    batch_size: int = 64
+    epochs: int = 10
+    lr: float = 1e-3
+    t_end: float = 1.0
+    ode_dim: int = 64
+    solver: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    # solver details
+    step_size: float = 0.1  # fixed-step solvers: 10 steps over [0, 1]
+    adjoint: bool = True
+    seminorm: bool = False
+    backend: str = "native"
+    max_steps: int = 10_000
+    # data and run
+    dataset: str = "mnist"
+    data_dir: Optional[str] = None
+    verify_data: bool = True
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    eval_batch_size: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs"
+    name: Optional[str] = None
+    tensorboard: bool = False
+    report: bool = True
+
+    def validate(self) -> "Config":
+        """Raise ``OdenetError`` with a one-line message for any invalid value; return self."""
+        from .ode import BACKENDS, resolve_backend
+
+        positive = dict(batch_size=self.batch_size, epochs=self.epochs, lr=self.lr, t_end=self.t_end,
+                        ode_dim=self.ode_dim, rtol=self.rtol, atol=self.atol, step_size=self.step_size,
+                        max_steps=self.max_steps, eval_batch_size=self.eval_batch_size)
+        for k, v in positive.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or v != v or v == float("inf"):
+                raise OdenetError(f"{k.replace('_', '-')} must be a positive finite number, got {v!r}")
+        for k in ("batch_size", "epochs", "ode_dim", "max_steps", "eval_batch_size"):
+            if int(getattr(self, k)) != getattr(self, k):
+                raise OdenetError(f"{k.replace('_', '-')} must be an integer, got {getattr(self, k)!r}")
+        for k in ("train_subset", "test_subset"):
+            v = getattr(self, k)
+            if v is not None and (not isinstance(v, int) or v <= 0):
+                raise OdenetError(f"{k.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.dataset not in DATASETS:
+            raise OdenetError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.backend not in BACKENDS:
+            raise OdenetError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        resolve_backend(self.solver, self.backend)
+        if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
+            raise OdenetError(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Config":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise OdenetError(f"unknown config key(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def solver_kwargs(self) -> Dict[str, Any]:
+        """The ODE block's settings (see ``odenet.model.ODEBlock``)."""
+        return dict(t_end=self.t_end, method=self.solver, rtol=self.rtol, atol=self.atol,
+                    step_size=self.step_size, adjoint=self.adjoint, seminorm=self.seminorm,
+                    backend=self.backend, max_steps=self.max_steps)
+
+
+def load_config_file(path: str) -> Dict[str, Any]:
+    """Read a YAML, TOML or JSON file of config keys (dashes or underscores); return a plain dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise OdenetError(f"config file not found: {path}")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            try:
+                import tomllib  # type: ignore[import-not-found]
+            except ImportError:  # Python < 3.11
+                import tomli as tomllib  # type: ignore[no-redef]
+            data = tomllib.loads(text)
+        elif p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as e:  # noqa: BLE001 - any parse error becomes one line
+        raise OdenetError(f"cannot parse config file {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise OdenetError(f"config file {path} must hold a mapping of keys to values")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def default_data_dir() -> str:
+    """``$ODENET_DATA_DIR``, else a per-user cache folder."""
+    env = os.environ.get("ODENET_DATA_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "odenet", "data")

@@ -1,0 +1,169 @@
+"""MNIST / Fashion-MNIST as whole tensors on the training device, batched by shuffled index.
+
+Files are found in torchvision's layout (``<root>/MNIST/raw/*.gz``) and read in memory, so a read-only
+folder works and nothing is written next to it. Missing files are downloaded by torchvision from the
+standard mirrors (with its MD5 checks); present ``.gz`` files are checked against the published MD5s.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .errors import OdenetError
+
+FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+# (mean, std) of the training pixels in [0, 1]
+STATS = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
+CLASSES = {
+    "mnist": [str(i) for i in range(10)],
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                      "Bag", "Ankle boot"],
+}
+
+
+def _tv_dataset(dataset: str):
+    from torchvision import datasets
+
+    return datasets.MNIST if dataset == "mnist" else datasets.FashionMNIST
+
+
+def published_md5(dataset: str) -> dict:
+    """``{file name: md5}`` of the published ``.gz`` files, as torchvision lists them."""
+    return dict(_tv_dataset(dataset).resources)
+
+
+def split_files(train: bool) -> Tuple[str, str]:
+    prefix = "train" if train else "t10k"
+    return f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (gzipped or not) into a uint8 array; one-line errors for bad files."""
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise OdenetError(f"{path} is truncated or corrupt ({e})") from None
+    if len(raw) < 8:
+        raise OdenetError(f"{path} is truncated: {len(raw)} bytes")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08 or ndim not in (1, 3):
+        raise OdenetError(f"{path} is not an unsigned-byte IDX file")
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    body = raw[4 + 4 * ndim:]
+    if len(body) != int(np.prod(dims)):
+        raise OdenetError(f"{path} is truncated: header says {dims}, body has {len(body)} bytes")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+def _download(dataset: str, root: Path, train: bool) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _tv_dataset(dataset)(str(root), train=train, download=True)
+    except Exception as e:  # noqa: BLE001 - network and mirror errors become one line
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise OdenetError(
+            f"{dataset} not found under {root / FOLDERS[dataset] / 'raw'} and the download failed ({msg}); "
+            f"pass --data-dir (or set ODENET_DATA_DIR) to a folder holding {FOLDERS[dataset]}/raw/*.gz") from None
+
+
+def load_split(dataset: str, root: str, train: bool, verify: bool = True,
+               download: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 28, 28)`` uint8 and labels ``(N,)`` uint8 of one split."""
+    if dataset not in FOLDERS:
+        raise OdenetError(f"unknown dataset {dataset!r}; choose one of {', '.join(FOLDERS)}")
+    raw_dir = Path(root) / FOLDERS[dataset] / "raw"
+    names = split_files(train)
+
+    def locate(name: str) -> Optional[Path]:
+        for cand in (raw_dir / name, raw_dir / name[:-3]):
+            if cand.is_file():
+                return cand
+        return None
+
+    if any(locate(n) is None for n in names):
+        if not download:
+            raise OdenetError(f"{dataset} files {', '.join(names)} not found under {raw_dir}")
+        _download(dataset, Path(root), train)
+    md5s = published_md5(dataset)
+    arrays = []
+    for name in names:
+        path = locate(name)
+        if path is None:
+            raise OdenetError(f"{name} not found under {raw_dir}")
+        if verify and path.suffix == ".gz" and _md5(path) != md5s[name]:
+            raise OdenetError(f"{path} fails its MD5 check (corrupt, truncated or not the published file); "
+                              "delete it to download again, or pass --no-verify-data for your own IDX files")
+        arrays.append(read_idx(path))
+    images, labels = arrays
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise OdenetError(f"{raw_dir}: images {images.shape} and labels {labels.shape} do not match")
+    if labels.size and labels.max() >= len(CLASSES[dataset]):
+        raise OdenetError(f"{raw_dir}: label {labels.max()} out of range")
+    return images, labels
+
+
+@dataclass
+class Split:
+    """One split on a device: ``x`` normalized images ``(N, 1, 28, 28)`` float32, ``y`` labels ``(N,)`` int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batches(self, batch_size: int, generator: Optional[torch.Generator] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Batches in a shuffled order drawn from ``generator`` (or in order when it is None)."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        order = order.to(self.y.device)
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+
+
+def normalize(images: torch.Tensor, dataset: str) -> torch.Tensor:
+    """uint8 ``(N, 28, 28)`` -> normalized float ``(N, 1, 28, 28)``."""
+    mean, std = STATS[dataset]
+    return ((images.float() / 255.0 - mean) / std).unsqueeze(1)
+
+
+def subset_indices(n: int, k: Optional[int]) -> Optional[torch.Tensor]:
+    """A fixed random subset of ``k`` of ``n`` items (the same for every run), or None for all."""
+    if k is None or k >= n:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(1234))[:k]
+
+
+def load(dataset: str, root: str, train: bool, device: torch.device, subset: Optional[int] = None,
+         verify: bool = True) -> Split:
+    """Load one split onto ``device`` (normalized), optionally a fixed random subset of it."""
+    images, labels = load_split(dataset, root, train, verify=verify)
+    x = torch.from_numpy(images.copy())
+    y = torch.from_numpy(labels.astype(np.int64))
+    idx = subset_indices(len(y), subset)
+    if idx is not None:
+        x, y = x[idx], y[idx]
+    return Split(normalize(x, dataset).to(device), y.to(device))
+
+
+def class_names(dataset: str) -> List[str]:
+    return list(CLASSES[dataset])

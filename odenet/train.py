@@ -1,0 +1,177 @@
+"""Training: the seed's loop (Adam, cross-entropy, adjoint gradients), with run folder, resume and hooks.
+
+Run folder ``<out>/<name>/``: ``config.yaml`` (resolved), ``metrics.jsonl`` (one record per epoch),
+``checkpoints/last.pt`` and ``checkpoints/best.pt``, ``summary.json`` at the end.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from . import checkpoint
+from .config import Config, default_data_dir
+from .data import class_names, load
+from .errors import DivergenceError, Interrupted, OdenetError, SolverError
+from .evaluate import run_eval
+from .model import NeuralODEModel
+
+EpochHook = Callable[[Path, List[Dict]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OdenetError(f"device {name} requested but CUDA is not available")
+    return dev
+
+
+def build_model(cfg: Config) -> NeuralODEModel:
+    return NeuralODEModel(dim=cfg.ode_dim, **cfg.solver_kwargs())
+
+
+def _write_metrics(run: Path, history: List[Dict]) -> None:
+    checkpoint.atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _solver_failure(e: BaseException) -> bool:
+    return isinstance(e, SolverError) or (isinstance(e, AssertionError) and
+                                          ("underflow" in str(e) or "max_num_steps" in str(e)))
+
+
+def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
+          hooks: Optional[List[EpochHook]] = None, log: Callable[[str], None] = print) -> Dict:
+    """Train ``cfg`` into run folder ``run`` (continuing its ``last.pt`` when ``resume``); return the summary."""
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data_dir = cfg.data_dir or default_data_dir()
+    train_set = load(cfg.dataset, data_dir, True, device, cfg.train_subset, cfg.verify_data)
+    test_set = load(cfg.dataset, data_dir, False, device, cfg.test_subset, cfg.verify_data)
+
+    model = build_model(cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    history: List[Dict] = []
+    start_epoch, best_acc = 0, -1.0
+    if resume:
+        state = checkpoint.load(str(run / "checkpoints" / "last.pt"))
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        shuffle.set_state(state["rng"]["shuffle"])
+        torch.set_rng_state(state["rng"]["torch"])
+        history, start_epoch, best_acc = list(state["history"]), state["epoch"], state["best_acc"]
+        log(f"resuming {run} after epoch {start_epoch}")
+    else:
+        run.mkdir(parents=True, exist_ok=False)
+    (run / "checkpoints").mkdir(exist_ok=True)
+    checkpoint.atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _write_metrics(run, history)
+    writer = _tensorboard(run) if cfg.tensorboard else None
+
+    n_batches = math.ceil(len(train_set) / cfg.batch_size)
+    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            sums = dict(loss=0.0, correct=0, n=0, nfe_f=0, nfe_b=0)
+            bar = _bar(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+            for b, (x, y) in enumerate(train_set.batches(cfg.batch_size, shuffle)):
+                try:
+                    model.nfe = 0
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                    nfe_f, model.nfe = model.nfe, 0
+                    loss_v = loss.item()
+                    if not math.isfinite(loss_v):
+                        raise DivergenceError(f"loss is {loss_v}")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                except (DivergenceError, SolverError, AssertionError) as e:
+                    if isinstance(e, AssertionError) and not _solver_failure(e):
+                        raise
+                    raise DivergenceError(f"training diverged at epoch {epoch + 1}, batch {b + 1}: {e}; "
+                                          f"last good checkpoint kept in {run / 'checkpoints'}") from None
+                sums["loss"] += loss_v * len(y)
+                sums["correct"] += (logits.argmax(1) == y).sum().item()
+                sums["n"] += len(y)
+                sums["nfe_f"] += nfe_f
+                sums["nfe_b"] += model.nfe
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.4f}", acc=f"{sums['correct'] / sums['n']:.4f}",
+                                    nfe=f"{nfe_f}/{model.nfe}", refresh=False)
+            seconds = time.perf_counter() - t0
+            if bar is not None:
+                bar.close()
+            ev = run_eval(model, test_set, cfg.eval_batch_size, len(class_names(cfg.dataset)))
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": sums["loss"] / sums["n"], "train_acc": sums["correct"] / sums["n"],
+                "test_loss": ev["loss"], "test_acc": ev["acc"],
+                "nfe_forward": sums["nfe_f"] / n_batches, "nfe_backward": sums["nfe_b"] / n_batches,
+                "nfe_test": ev["nfe"], "epoch_seconds": seconds, "images_per_s": sums["n"] / seconds,
+                "eval_seconds": ev["seconds"], "lr": opt.param_groups[0]["lr"],
+            }
+            history.append(record)
+            is_best = record["test_acc"] > best_acc
+            best_acc = max(best_acc, record["test_acc"])
+            state = {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "epoch": epoch + 1, "history": history, "best_acc": best_acc,
+                     "rng": {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()}}
+            checkpoint.save(run / "checkpoints" / "last.pt", state)
+            if is_best:
+                checkpoint.save(run / "checkpoints" / "best.pt", state)
+            _write_metrics(run, history)
+            log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
+                f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}  "
+                f"NFE fwd {record['nfe_forward']:.1f} bwd {record['nfe_backward']:.1f}  "
+                f"{seconds:.1f}s ({record['images_per_s']:.0f} img/s)")
+            if writer is not None:
+                for k, v in record.items():
+                    if k != "epoch":
+                        writer.add_scalar(k, v, epoch + 1)
+                writer.flush()
+            for hook in hooks or []:
+                hook(run, history)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted during epoch {epoch + 1}; the checkpoint after epoch {len(history)} is kept; "
+                          f"continue with: odenet train --resume {run}") from None
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        if writer is not None:
+            writer.close()
+
+    summary = {"run": str(run), "epochs": len(history), "device": str(device),
+               "best_test_acc": best_acc, "final": history[-1] if history else None,
+               "total_train_seconds": sum(r["epoch_seconds"] for r in history)}
+    checkpoint.atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _tensorboard(run: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise OdenetError("--tensorboard needs the tensorboard package: pip install 'odenet-mnist[tensorboard]'") from None
+    return SummaryWriter(str(run / "tensorboard"))
