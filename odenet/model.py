@@ -31,6 +31,7 @@ class ODEFunc(nn.Module):
         self.nfe += 1
         return self.net(z)
 
+    @torch.no_grad()
     def vjp(self, t, z: torch.Tensor, a: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(f(z), a df/dz, a df/dtheta flattened in parameters() order)`` with a hand-written backward.
 

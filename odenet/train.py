@@ -49,8 +49,9 @@ def _solver_failure(e: BaseException) -> bool:
 
 
 def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
-          hooks: Optional[List[EpochHook]] = None, log: Callable[[str], None] = print) -> Dict:
+          hooks: Optional[List[EpochHook]] = None, log: Optional[Callable[[str], None]] = None) -> Dict:
     """Train ``cfg`` into run folder ``run`` (continuing its ``last.pt`` when ``resume``); return the summary."""
+    log = log or (lambda msg: print(msg, flush=True))
     cfg.validate()
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)

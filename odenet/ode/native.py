@@ -72,6 +72,7 @@ def rk_step(func: Callable, tab: Tableau, co: _Coeffs, t: float, y: torch.Tensor
     return _combine(y, h, co.b, ks), ks
 
 
+@torch.no_grad()
 def initial_step(func: Callable, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol: float,
                  atol: float, norm: Norm) -> float:
     """Hairer, Norsett & Wanner's starting step (II.4), exactly as torchdiffeq computes it (1 NFE)."""

@@ -1,0 +1,66 @@
+"""Shared fixtures: a small self-made dataset in torchvision's IDX layout, and tiny run settings."""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
+    """Write a uint8 array as an IDX file (gzipped when ``compress``)."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+def synthetic_digits(n: int, seed: int) -> tuple:
+    """Learnable fake digits: class c is a bright 4x20 bar whose position and angle depend on c, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = (rng.random((n, 28, 28)) * 40).astype(np.float32)
+    for i, c in enumerate(labels):
+        if c < 5:
+            r = 3 + 5 * c
+            images[i, r:r + 3, 4:24] = 255
+        else:
+            col = 3 + 5 * (c - 5)
+            images[i, 4:24, col:col + 3] = 255
+    return images.clip(0, 255).astype(np.uint8), labels
+
+
+def make_dataset(root: Path, n_train: int = 320, n_test: int = 120, folder: str = "MNIST") -> Path:
+    raw = root / folder / "raw"
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        x, y = synthetic_digits(n, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", x)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", y)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("synth"))
+
+
+@pytest.fixture()
+def tiny_config(synth_dir, tmp_path):
+    from odenet.config import Config
+
+    return Config(epochs=1, batch_size=32, data_dir=str(synth_dir), verify_data=False, out=str(tmp_path / "runs"),
+                  name="tiny", eval_batch_size=64, device="cpu", report=False)
+
+
+def real_data_dir():
+    """The folder with the real MNIST if ODENET_DATA_DIR points at one, else None."""
+    d = os.environ.get("ODENET_DATA_DIR")
+    if d and (Path(d) / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file():
+        return Path(d)
+    return None

@@ -1,0 +1,116 @@
+"""Data loading from IDX files, MD5 checks, and configuration validation."""
+import gzip
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_dataset, real_data_dir, synthetic_digits, write_idx
+from odenet.config import Config, load_config_file
+from odenet.data import load, load_split, read_idx
+from odenet.errors import OdenetError
+
+
+def test_loader_reads_self_written_idx(tmp_path):
+    root = make_dataset(tmp_path, n_train=50, n_test=20)
+    x, y = load_split("mnist", str(root), True, verify=False)
+    ex, ey = synthetic_digits(50, 0)
+    assert np.array_equal(x, ex) and np.array_equal(y, ey)
+    split = load("mnist", str(root), False, torch.device("cpu"), verify=False)
+    assert split.x.shape == (20, 1, 28, 28) and split.x.dtype == torch.float32 and split.y.dtype == torch.int64
+    batches = list(split.batches(8, torch.Generator().manual_seed(0)))
+    assert [len(b[1]) for b in batches] == [8, 8, 4]
+    assert sorted(torch.cat([b[1] for b in batches]).tolist()) == sorted(split.y.tolist())
+
+
+def test_uncompressed_idx_is_accepted(tmp_path):
+    x, y = synthetic_digits(10, 3)
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx(raw / "t10k-images-idx3-ubyte", x, compress=False)
+    write_idx(raw / "t10k-labels-idx1-ubyte", y, compress=False)
+    xx, yy = load_split("mnist", str(tmp_path), False, verify=True)
+    assert np.array_equal(xx, x) and np.array_equal(yy, y)
+
+
+def test_md5_failure_is_detected(tmp_path):
+    root = make_dataset(tmp_path, n_train=20, n_test=20)
+    with pytest.raises(OdenetError, match="MD5"):
+        load_split("mnist", str(root), True, verify=True)
+
+
+def test_truncated_file_is_detected(tmp_path):
+    root = make_dataset(tmp_path, n_train=20, n_test=20)
+    p = root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    p.write_bytes(p.read_bytes()[:-40])
+    with pytest.raises(OdenetError, match="truncated|corrupt"):
+        load_split("mnist", str(root), True, verify=False)
+    p.write_bytes(gzip.compress(gzip.decompress(make_dataset(tmp_path / "b", 20, 20).joinpath(
+        "MNIST/raw/train-images-idx3-ubyte.gz").read_bytes())[:-100]))
+    with pytest.raises(OdenetError, match="truncated"):
+        read_idx(p)
+
+
+def test_missing_files_without_network_is_one_clear_error(tmp_path, monkeypatch):
+    import odenet.data as data
+
+    def no_network(*a, **k):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(data, "_tv_dataset", lambda name: no_network)
+    with pytest.raises(OdenetError, match="download failed.*--data-dir"):
+        load_split("mnist", str(tmp_path / "empty"), True)
+
+
+def test_read_only_folder_is_not_written(tmp_path):
+    root = make_dataset(tmp_path / "ro", n_train=30, n_test=10)
+    before = sorted(str(p) for p in root.rglob("*"))
+    for p in root.rglob("*"):
+        p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        load("mnist", str(root), True, torch.device("cpu"), verify=False)
+    finally:
+        for p in root.rglob("*"):
+            p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    assert sorted(str(p) for p in root.rglob("*")) == before
+
+
+@pytest.mark.skipif(real_data_dir() is None, reason="real MNIST not available (set ODENET_DATA_DIR to a copy of it)")
+def test_real_mnist_loads_with_md5_and_published_class_counts():
+    d = real_data_dir()
+    x, y = load_split("mnist", str(d), True, verify=True)
+    assert x.shape == (60000, 28, 28)
+    assert np.bincount(y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    xt, yt = load_split("mnist", str(d), False, verify=True)
+    assert np.bincount(yt).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("rtol", 0.0, "rtol"), ("atol", -1e-4, "atol"), ("t_end", 0, "t-end"), ("batch_size", 0, "batch-size"),
+    ("lr", -0.1, "lr"), ("epochs", 0, "epochs"), ("solver", "magic", "unknown solver"),
+    ("dataset", "cifar", "unknown dataset"), ("backend", "jax", "unknown backend"), ("rtol", float("nan"), "rtol"),
+])
+def test_config_validation(key, value, msg):
+    with pytest.raises(OdenetError, match=msg):
+        Config(**{key: value}).validate()
+
+
+def test_defaults_are_the_seed_configuration():
+    c = Config().validate()
+    assert (c.batch_size, c.epochs, c.lr, c.t_end, c.ode_dim, c.solver, c.rtol, c.atol) == \
+        (64, 10, 1e-3, 1.0, 64, "dopri5", 1e-3, 1e-4)
+    assert c.adjoint is True
+    Config(solver="dopri8").validate()  # any torchdiffeq method is accepted
+
+
+def test_config_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("solver: rk4\nstep-size: 0.25\nepochs: 2\n")
+    (tmp_path / "b.toml").write_text('solver = "euler"\nlr = 0.01\n')
+    assert load_config_file(str(tmp_path / "a.yaml")) == {"solver": "rk4", "step_size": 0.25, "epochs": 2}
+    assert load_config_file(str(tmp_path / "b.toml")) == {"solver": "euler", "lr": 0.01}
+    (tmp_path / "c.yaml").write_text("solver: [unclosed\n")
+    with pytest.raises(OdenetError, match="cannot parse"):
+        load_config_file(str(tmp_path / "c.yaml"))
+    with pytest.raises(OdenetError, match="unknown config key"):
+        Config.from_dict({"colour": "red"})

@@ -1,0 +1,181 @@
+"""Solver correctness: convergence orders, tolerances, agreement with torchdiffeq, adjoint gradients, failures."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from odenet.errors import SolverError
+from odenet.ode import odeint
+
+
+class Linear(nn.Module):
+    """dy/dt = A y with a fixed random A (eigenvalues in the left half-plane); exact solution expm(tA) y0."""
+
+    def __init__(self, dim=4, seed=0, dtype=torch.float64):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        m = torch.randn(dim, dim, generator=g, dtype=dtype)
+        self.A = nn.Parameter(0.5 * (m - m.T) - 0.3 * torch.eye(dim, dtype=dtype))
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return y @ self.A.T
+
+    def exact(self, y0, t):
+        return y0 @ torch.linalg.matrix_exp(t * self.A.detach()).T
+
+
+class MLP(nn.Module):
+    def __init__(self, dim=6, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(dim, 16), nn.Tanh(), nn.Linear(16, dim)).double()
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return self.net(y)
+
+
+@pytest.mark.parametrize("method,order", [("euler", 1), ("midpoint", 2), ("rk4", 4), ("heun3", 3)])
+def test_fixed_step_convergence_order(method, order):
+    f = Linear()
+    y0 = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    exact = f.exact(y0, 1.0)
+    hs = [0.1, 0.05, 0.025]
+    errs = []
+    for h in hs:
+        with torch.no_grad():
+            y = odeint(f, y0, [0.0, 1.0], method=method, step_size=h, adjoint=False)[-1]
+        errs.append((y - exact).norm().item())
+    slopes = [math.log(errs[i] / errs[i + 1]) / math.log(hs[i] / hs[i + 1]) for i in range(len(hs) - 1)]
+    assert all(abs(s - order) < 0.25 for s in slopes), (method, slopes)
+
+
+@pytest.mark.parametrize("rtol", [1e-3, 1e-5, 1e-7])
+def test_dopri5_error_within_tolerance(rtol):
+    f = Linear()
+    y0 = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = odeint(f, y0, [0.0, 1.0], method="dopri5", rtol=rtol, atol=rtol * 1e-2, adjoint=False)[-1]
+    err = ((y - f.exact(y0, 1.0)).abs() / (rtol * 1e-2 + rtol * f.exact(y0, 1.0).abs())).max().item()
+    assert err < 10.0  # global error stays within a small multiple of the local tolerance
+    assert (y - f.exact(y0, 1.0)).abs().max().item() < 20 * rtol
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4", "dopri5", "bosh3"])
+def test_native_matches_torchdiffeq(method):
+    f = MLP()
+    y0 = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    out, nfe = {}, {}
+    for backend in ("native", "torchdiffeq"):
+        f.nfe = 0
+        with torch.no_grad():
+            out[backend] = odeint(f, y0, [0.0, 0.5, 1.0], method=method, rtol=1e-8, atol=1e-10, step_size=0.05,
+                                  adjoint=False, backend=backend)
+        nfe[backend] = f.nfe
+    rel = ((out["native"] - out["torchdiffeq"]).norm() / out["torchdiffeq"].norm()).item()
+    assert rel < 1e-5, rel  # both within their own global error of the true solution
+    if method in ("euler", "midpoint", "rk4"):
+        assert rel < 1e-12 and nfe["native"] == nfe["torchdiffeq"] == {"euler": 1, "midpoint": 2, "rk4": 4}[method] * 20
+
+
+def _grads(f, y0, **kw):
+    f.zero_grad()
+    y0 = y0.clone().requires_grad_(True)
+    ys = odeint(f, y0, [0.0, 0.4, 1.0], **kw)
+    (ys[1].sin().sum() + (ys[-1] ** 2).sum()).backward()
+    return torch.cat([y0.grad.flatten()] + [p.grad.flatten() for p in f.parameters()])
+
+
+@pytest.mark.parametrize("backend", ["native", "torchdiffeq"])
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_adjoint_gradients_equal_direct_backprop(backend, method):
+    f = MLP(seed=4)
+    y0 = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    kw = dict(method=method, rtol=1e-10, atol=1e-12, step_size=0.01, backend=backend)
+    g_adj = _grads(f, y0, adjoint=True, **kw)
+    g_dir = _grads(f, y0, adjoint=False, **kw)
+    rel = ((g_adj - g_dir).norm() / g_dir.norm()).item()
+    assert rel < 1e-4, rel
+
+
+def test_native_adjoint_matches_torchdiffeq_adjoint_and_seminorm():
+    f = MLP(seed=6)
+    y0 = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    kw = dict(method="dopri5", rtol=1e-9, atol=1e-11, adjoint=True)
+    g_nat = _grads(f, y0, backend="native", **kw)
+    g_tdq = _grads(f, y0, backend="torchdiffeq", **kw)
+    g_semi = _grads(f, y0, backend="native", seminorm=True, **kw)
+    ref = g_tdq.norm()
+    assert ((g_nat - g_tdq).norm() / ref).item() < 1e-4
+    assert ((g_semi - g_tdq).norm() / ref).item() < 1e-4
+
+
+def test_seminorm_uses_fewer_backward_evaluations():
+    f = MLP(seed=8)
+    y0 = torch.randn(16, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    counts = []
+    for semi in (False, True):
+        f.zero_grad()
+        y = odeint(f, y0, [0.0, 2.0], method="dopri5", rtol=1e-6, atol=1e-8, seminorm=semi)[-1]
+        f.nfe = 0
+        y.pow(2).sum().backward()
+        counts.append(f.nfe)
+    assert counts[1] <= counts[0]
+
+
+def test_nfe_counts_follow_solver_stages():
+    f = Linear()
+    y0 = torch.randn(2, 4, dtype=torch.float64)
+    for method, stages in (("euler", 1), ("midpoint", 2), ("rk4", 4)):
+        f.nfe = 0
+        y = odeint(f, y0, [0.0, 1.0], method=method, step_size=0.25)[-1]
+        assert f.nfe == 4 * stages
+        f.nfe = 0
+        y.sum().backward()
+        assert f.nfe == 4 * stages  # the adjoint pass retraces the same grid backwards
+    f.nfe = 0
+    with torch.no_grad():
+        odeint(f, y0, [0.0, 1.0], method="dopri5")
+    assert f.nfe >= 2 and (f.nfe - 2) % 6 == 0  # f0 + initial-step probe + 6 per (FSAL) step
+
+
+class BlowUp(nn.Module):
+    def forward(self, t, y):
+        return y ** 2  # y(t) = 1 / (1 - t) blows up at t = 1
+
+
+@pytest.mark.parametrize("backend", ["native", "torchdiffeq"])
+def test_blow_up_fails_with_clear_error_not_hang(backend):
+    y0 = torch.ones(1, dtype=torch.float64)
+    with pytest.raises(SolverError, match="underflow|max_steps|max_num_steps"):
+        odeint(BlowUp(), y0, [0.0, 2.0], method="dopri5", adjoint=False, backend=backend, max_steps=2000)
+
+
+def test_max_steps_error():
+    f = Linear()
+    with pytest.raises(SolverError, match="max_steps"):
+        odeint(f, torch.ones(1, 4, dtype=torch.float64), [0.0, 100.0], rtol=1e-10, atol=1e-12, adjoint=False,
+               max_steps=5)
+
+
+def test_bad_arguments():
+    f = Linear()
+    y0 = torch.ones(1, 4, dtype=torch.float64)
+    with pytest.raises(SolverError, match="unknown solver"):
+        odeint(f, y0, [0.0, 1.0], method="nope")
+    with pytest.raises(SolverError, match="increasing"):
+        odeint(f, y0, [1.0, 0.0])
+    with pytest.raises(SolverError, match="step_size"):
+        odeint(f, y0, [0.0, 1.0], method="rk4", step_size=None)
+
+
+def test_torchdiffeq_only_method_falls_back():
+    f = Linear()
+    y0 = torch.randn(2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        y = odeint(f, y0, [0.0, 1.0], method="dopri8", rtol=1e-9, atol=1e-11, backend="native")[-1]
+    assert torch.allclose(y, f.exact(y0, 1.0), atol=1e-7)

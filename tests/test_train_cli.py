@@ -1,0 +1,176 @@
+"""Training, checkpoints, resume, and the command line end to end on a small self-made dataset."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import real_data_dir, synthetic_digits
+from odenet import checkpoint
+from odenet.cli import main
+from odenet.config import Config
+from odenet.errors import OdenetError
+from odenet.train import train
+
+
+def _fast(cfg: Config, **kw) -> Config:
+    for k, v in {"solver": "rk4", "step_size": 0.5, **kw}.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_train_writes_run_folder_and_learns(tiny_config):
+    cfg = _fast(tiny_config, epochs=3, lr=3e-3)
+    run = Path(cfg.out) / cfg.name
+    summary = train(cfg, run, progress=False, log=lambda m: None)
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    keys = {"train_loss", "train_acc", "test_loss", "test_acc", "nfe_forward", "nfe_backward", "epoch_seconds",
+            "images_per_s", "lr"}
+    assert keys <= set(lines[0])
+    assert lines[0]["nfe_forward"] == 8 and lines[0]["nfe_backward"] == 8  # rk4, 2 steps, 4 stages each way
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    assert lines[-1]["test_acc"] > 0.5  # the synthetic classes are easy; chance is 0.1
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+    assert summary["best_test_acc"] == max(r["test_acc"] for r in lines)
+
+
+def test_same_seed_same_epoch_one(tiny_config, tmp_path):
+    res = []
+    for name in ("a", "b"):
+        cfg = _fast(tiny_config, name=name)
+        train(cfg, Path(cfg.out) / name, progress=False, log=lambda m: None)
+        res.append(json.loads((Path(cfg.out) / name / "metrics.jsonl").read_text().splitlines()[0]))
+    for k in ("train_loss", "train_acc", "test_loss", "test_acc", "nfe_forward", "nfe_backward"):
+        assert res[0][k] == res[1][k], k
+
+
+def test_resume_reaches_identical_final_metrics(tiny_config):
+    full = _fast(tiny_config, name="full", epochs=2, solver="dopri5")
+    train(full, Path(full.out) / "full", progress=False, log=lambda m: None)
+    part = _fast(tiny_config, name="part", epochs=1, solver="dopri5")
+    run = Path(part.out) / "part"
+    train(part, run, progress=False, log=lambda m: None)
+    part.epochs = 2
+    train(part, run, resume=True, progress=False, log=lambda m: None)
+    a = [json.loads(l) for l in (Path(full.out) / "full" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(a) == len(b) == 2
+    for k in ("train_loss", "test_loss", "test_acc", "nfe_forward", "nfe_backward"):
+        assert a[-1][k] == b[-1][k], k
+    ma, _, _ = checkpoint.load_model(str(Path(full.out) / "full" / "checkpoints" / "last.pt"))
+    mb, _, _ = checkpoint.load_model(str(run / "checkpoints" / "last.pt"))
+    for p, q in zip(ma.parameters(), mb.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_checkpoint_errors(tmp_path, tiny_config):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(OdenetError, match="not a readable odenet checkpoint"):
+        checkpoint.load(str(junk))
+    other = tmp_path / "other.pt"
+    torch.save(torch.nn.Linear(3, 3).state_dict(), other)
+    with pytest.raises(OdenetError, match="not an odenet checkpoint"):
+        checkpoint.load(str(other))
+    wrong = tmp_path / "wrong.pt"
+    checkpoint.save(wrong, {"config": Config().to_dict(), "model": torch.nn.Linear(3, 3).state_dict(), "epoch": 1})
+    with pytest.raises(OdenetError, match="does not match"):
+        checkpoint.load_model(str(wrong))
+
+
+def test_divergence_stops_with_epoch_and_batch(tiny_config):
+    cfg = _fast(tiny_config, name="div", lr=1e6, epochs=2)
+    with pytest.raises(OdenetError, match=r"diverged at epoch \d+, batch \d+"):
+        train(cfg, Path(cfg.out) / "div", progress=False, log=lambda m: None)
+
+
+def _digit_png(path: Path, label: int, dark_on_light: bool) -> None:
+    x, y = synthetic_digits(200, 5)
+    img = x[list(y).index(label)]
+    img = np.kron(img, np.ones((3, 3), dtype=np.uint8))  # 84x84, a different size
+    if dark_on_light:
+        img = 255 - img
+    Image.fromarray(np.stack([img] * 3, -1)).save(path)
+
+
+def test_cli_end_to_end(synth_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ODENET_DATA_DIR", str(synth_dir))
+    out = tmp_path / "runs"
+    args = ["train", "--epochs", "3", "--solver", "rk4", "--step-size", "0.5", "--lr", "0.003", "--batch-size", "32",
+            "--out", str(out), "--name", "e2e", "--no-verify-data", "--no-report", "--device", "cpu"]
+    assert main(args) == 0
+    run = out / "e2e"
+    assert "best test accuracy" in capsys.readouterr().out
+    assert main(["evaluate", str(run), "--json", "--device", "cpu"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["n"] == 120 and 0.5 < ev["accuracy"] <= 1 and len(ev["per_class_accuracy"]) == 10
+    assert ev["nfe_mean"] == 8
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    _digit_png(a, 2, dark_on_light=False)
+    _digit_png(b, 7, dark_on_light=True)
+    assert main(["predict", str(run / "checkpoints" / "best.pt"), str(a), str(b), "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert [p["top"][0]["class"] for p in pred] == ["2", "7"]
+    assert all(len(p["top"]) == 3 and abs(sum(t["probability"] for t in p["top"]) - 1) < 0.5 for p in pred)
+    # the same run folder again is refused and left untouched
+    before = (run / "metrics.jsonl").read_bytes()
+    assert main(args) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_bytes() == before
+    # resume extends it
+    assert main(["train", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["train", "--solver", "magic"], "unknown solver"),
+    (["train", "--rtol", "-1"], "rtol must be a positive"),
+    (["train", "--epochs", "0"], "epochs must be a positive"),
+    (["train", "--resume", "nowhere"], "not a resumable run folder"),
+    (["evaluate", "missing-run"], "no such run folder"),
+    (["train", "--config", "missing.yaml"], "config file not found"),
+])
+def test_cli_bad_input_one_line_error(argv, msg, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_bad_files(tmp_path, capsys, tiny_config):
+    cfg = _fast(tiny_config, name="m")
+    train(cfg, Path(cfg.out) / "m", progress=False, log=lambda m: None)
+    ck = Path(cfg.out) / "m" / "checkpoints" / "best.pt"
+    text = tmp_path / "note.png"
+    text.write_text("hello")
+    assert main(["predict", str(ck), str(text)]) == 1
+    assert "not a readable image" in capsys.readouterr().err
+    assert main(["predict", str(text), str(text)]) == 1
+    assert "not a readable odenet checkpoint" in capsys.readouterr().err
+    assert main(["evaluate", str(ck), "--data-dir", str(tmp_path / "nodata")]) == 1
+    assert "download failed" in capsys.readouterr().err or "not found" in capsys.readouterr().err
+
+
+def test_console_script_help_shows_defaults():
+    out = subprocess.run([sys.executable, "-m", "odenet", "train", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    out = " ".join(out.split())
+    for text in ("--solver", "(default: dopri5)", "(default: 64)", "(default: 0.001)", "--no-adjoint", "--resume"):
+        assert text in out
+
+
+@pytest.mark.skipif(real_data_dir() is None, reason="real MNIST not available (set ODENET_DATA_DIR to a copy of it)")
+def test_real_mnist_short_training(tmp_path):
+    cfg = Config(epochs=1, train_subset=3000, test_subset=1000, data_dir=str(real_data_dir()), out=str(tmp_path),
+                 name="real", device="cpu", report=False)
+    summary = train(cfg, tmp_path / "real", progress=False, log=lambda m: None)
+    assert summary["final"]["test_acc"] > 0.8
