@@ -16,6 +16,7 @@ TRAIN_FLAGS = [
     ("--batch-size", "batch_size", int, "batch size"),
     ("--epochs", "epochs", int, "epochs"),
     ("--lr", "lr", float, "Adam learning rate"),
+    ("--lr-schedule", "lr_schedule", str, "cosine (per-epoch decay from --lr) or constant"),
     ("--t-end", "t_end", float, "final integration time T"),
     ("--ode-dim", "ode_dim", int, "latent dimension"),
     ("--solver", "solver", str, "ODE solver: dopri5, rk4, euler, midpoint, bosh3, adaptive_heun, or any torchdiffeq method"),

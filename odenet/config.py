@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, Dict, Optional
 from .errors import OdenetError
 
 DATASETS = ("mnist", "fashion-mnist")
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
@@ -21,6 +23,7 @@ class Config:
     batch_size: int = 64
     epochs: int = 10
     lr: float = 1e-3
+    lr_schedule: str = "cosine"  # per-epoch cosine decay from lr; "constant" keeps lr fixed
     t_end: float = 1.0
     ode_dim: int = 64
     solver: str = "dopri5"
@@ -63,6 +66,8 @@ class Config:
             v = getattr(self, k)
             if v is not None and (not isinstance(v, int) or v <= 0):
                 raise OdenetError(f"{k.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise OdenetError(f"unknown lr-schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if self.dataset not in DATASETS:
             raise OdenetError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.backend not in BACKENDS:
@@ -123,3 +128,10 @@ def default_data_dir() -> str:
         return env
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "odenet", "data")
+
+
+def epoch_lr(cfg: Config, epoch: int) -> float:
+    """Learning rate of 0-based ``epoch``: ``lr`` throughout, or a cosine decay from ``lr`` over ``epochs``."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import yaml
 
 from . import checkpoint
-from .config import Config, default_data_dir
+from .config import Config, default_data_dir, epoch_lr
 from .data import class_names, load
 from .errors import DivergenceError, Interrupted, OdenetError, SolverError
 from .evaluate import run_eval
@@ -85,6 +85,8 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
     try:
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
+            for group in opt.param_groups:
+                group["lr"] = epoch_lr(cfg, epoch)
             t0 = time.perf_counter()
             sums = dict(loss=0.0, correct=0, n=0, nfe_f=0, nfe_b=0)
             bar = _bar(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress)

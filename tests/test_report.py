@@ -1,0 +1,80 @@
+"""The six figures and the HTML report, on a tiny trained model."""
+import base64
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from odenet import figures, report
+from odenet.checkpoint import load_model
+from odenet.cli import main
+from odenet.data import load
+from odenet.train import train
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(synth_dir, tmp_path_factory):
+    from odenet.config import Config
+
+    out = tmp_path_factory.mktemp("rep")
+    cfg = Config(epochs=2, batch_size=32, lr=3e-3, data_dir=str(synth_dir), verify_data=False, out=str(out),
+                 name="r", device="cpu", report=False)
+    run = out / "r"
+    train(cfg, run, progress=False, log=lambda m: None, hooks=[report.history_hook])
+    return run, cfg
+
+
+def test_history_hook_draws_after_each_epoch(tiny_run):
+    run, _ = tiny_run
+    assert (run / "figures" / "training_history.png").read_bytes().startswith(PNG)
+
+
+def test_figure_data_is_consistent(tiny_run, tmp_path):
+    run, cfg = tiny_run
+    model, cfg, _ = load_model(str(run))
+    split = load("mnist", cfg.data_dir, False, torch.device("cpu"), verify=False)
+    data = report.collect(model, split, "mnist", n_times=21, per_class=5)
+    # trajectories start at the encoder output and end at the ODE output the classifier sees
+    with torch.no_grad():
+        z0 = model.encoder(split.x)
+        zT = model.odeblock(z0)
+    idx = np.concatenate([np.flatnonzero(data.labels == c)[:5] for c in np.unique(data.labels)])
+    assert data.traj.shape == (21, len(idx), 64)
+    assert np.allclose(data.traj[0], z0.numpy()[idx], atol=1e-6)
+    assert np.allclose(data.traj[-1], zT.numpy()[idx], atol=5e-3)  # same solver, output grid differs: within tol
+    assert np.allclose(data.zT, zT.numpy(), atol=1e-6)
+    names = [str(i) for i in range(10)]
+    cm = figures.confusion_matrix(data.labels, data.probs.argmax(1), tmp_path / "cm.png", names)
+    assert cm.sum() == len(split) == 120 and cm.trace() == (data.probs.argmax(1) == data.labels).sum()
+    pca = figures.ode_trajectories(data.traj, data.traj_labels, data.ts, tmp_path / "tr.png", names)
+    ev = pca["explained_variance_ratio"]
+    assert np.all((ev >= 0) & (ev <= 1)) and ev.sum() <= 1 + 1e-9
+    s = report.separation_scores(data.zT, data.labels)
+    assert 0 <= s["knn_acc"] <= 1 and -1 <= s["silhouette"] <= 1
+    for name in ("cm.png", "tr.png"):
+        assert (tmp_path / name).read_bytes().startswith(PNG)
+
+
+def test_report_writes_six_pngs_and_self_contained_html(tiny_run, capsys):
+    run, _ = tiny_run
+    assert main(["report", str(run), "--device", "cpu", "--tsne-points", "100"]) == 0
+    for name in report.FIGURES:
+        assert (run / "figures" / f"{name}.png").read_bytes().startswith(PNG), name
+    page = (run / "report.html").read_text()
+    imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(imgs) == 6 and all(base64.b64decode(i).startswith(PNG) for i in imgs)
+    assert "http://" not in page and "https://" not in page
+    assert "NeuralODEModel(" in page and "dopri5" in page
+
+
+def test_report_bad_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err
+    assert "no metrics.jsonl" in err and len(err.strip().splitlines()) == 1
+    assert main(["report", str(tmp_path / "missing")]) == 1
+    assert "no such run folder" in capsys.readouterr().err
