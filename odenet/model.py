@@ -5,12 +5,13 @@ are one module registered twice, so its parameters count once.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from .ode import odeint
+from .ode import is_adaptive, odeint
 
 
 class ODEFunc(nn.Module):
@@ -82,6 +83,19 @@ class ODEBlock(nn.Module):
         self.t_end, self.method, self.rtol, self.atol = t_end, method, rtol, atol
         self.step_size, self.adjoint, self.seminorm = step_size, adjoint, seminorm
         self.backend, self.max_steps = backend, max_steps
+        self.fused_vjp = True  # adjoint pass uses ODEFunc.vjp instead of autograd
+
+    @contextmanager
+    def settings(self, **kw):
+        """Temporarily change solver settings: ``with block.settings(method="rk4", step_size=0.05): ...``."""
+        old = {k: getattr(self, k) for k in kw}
+        for k, v in kw.items():
+            setattr(self, k, v)
+        try:
+            yield self
+        finally:
+            for k, v in old.items():
+                setattr(self, k, v)
 
     def forward(self, z0: torch.Tensor) -> torch.Tensor:
         """z(T) for z(0) = ``z0``: ``(B, dim) -> (B, dim)``."""
@@ -92,7 +106,9 @@ class ODEBlock(nn.Module):
         kw = dict(method=self.method, rtol=self.rtol, atol=self.atol, step_size=self.step_size,
                   adjoint=self.adjoint, seminorm=self.seminorm, backend=self.backend, max_steps=self.max_steps)
         kw.update(overrides)
-        return odeint(self.odefunc, z0, ts, vjp=self.odefunc.vjp, **kw)
+        if is_adaptive(kw["method"]):
+            kw["step_size"] = None  # step_size is the fixed-step solvers' setting; adaptive ones estimate it
+        return odeint(self.odefunc, z0, ts, vjp=self.odefunc.vjp if self.fused_vjp else None, **kw)
 
 
 class NeuralODEModel(nn.Module):
