@@ -40,36 +40,30 @@ class ODEFunc(nn.Module):
         stage. Counts one evaluation.
         """
         self.nfe += 1
-        acts = []
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]  # Linear, ReLU, ..., Linear
+        inputs = []
         h = z
-        for m in self.net:
-            if isinstance(m, nn.Linear):
-                acts.append(h)
-                h = torch.addmm(m.bias, h, m.weight.t())
-            else:
+        for i, m in enumerate(linears):
+            if i:
                 h = torch.relu(h)
-                acts.append(h)
-        flat = z.new_empty(self._n_params())
-        views = []
-        offset = 0
-        for p in self.parameters():
-            views.append(flat[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
+            inputs.append(h)
+            h = torch.addmm(m.bias, h, m.weight.t())
+        sizes = [(m.weight.numel(), m.bias.numel()) for m in linears]
+        flat = z.new_empty(sum(w + b for w, b in sizes))
+        offsets, o = [], 0
+        for w, b in sizes:
+            offsets.append(o)
+            o += w + b
         g = a
-        vi = len(views)
-        for m in reversed(self.net):
-            if isinstance(m, nn.Linear):
-                vi -= 2
-                h_in = acts.pop()
-                torch.mm(g.t(), h_in, out=views[vi])
-                torch.sum(g, 0, out=views[vi + 1])
-                g = g.mm(m.weight)
-            else:
-                g = g * (acts.pop() > 0)
+        for i in range(len(linears) - 1, -1, -1):
+            m, x, o = linears[i], inputs[i], offsets[i]
+            nw, nb = sizes[i]
+            torch.mm(g.t(), x, out=flat[o:o + nw].view_as(m.weight))
+            torch.sum(g, 0, out=flat[o + nw:o + nw + nb])
+            g = g.mm(m.weight)
+            if i:
+                g = g * (x > 0)  # ReLU'(pre-activation) == (post-activation > 0)
         return h, g, flat
-
-    def _n_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 class ODEBlock(nn.Module):
