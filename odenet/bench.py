@@ -10,6 +10,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -187,6 +188,9 @@ def bench_speed(data_dir: str, device: torch.device, batches: int = 60, warmup: 
                      "s/epoch": epoch_s.get(k, med * n_batches),
                      "NFE fwd": statistics.mean(n for n, _ in nfes[k]),
                      "NFE bwd": statistics.mean(n for _, n in nfes[k]), "speed-up": base / med})
+    if full_epoch:
+        for r in rows:
+            r["epoch speed-up"] = rows[0]["s/epoch"] / r["s/epoch"]
     test = load("mnist", data_dir, False, device)
     inf_rows = []
     model = steppers["odenet native (default)"][1]
@@ -451,7 +455,8 @@ def run(args) -> int:
     device = _device(args.device)
     out = Path(args.out)
     data_dir = args.data_dir or default_data_dir()
-    meta = {"machine": machine(device), "date": time.strftime("%Y-%m-%d"), "command": "odenet bench " + args.study}
+    meta = {"machine": machine(device), "date": time.strftime("%Y-%m-%d"), "command": "odenet " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("odenet") else
+            "odenet bench " + args.study}
     for k in ("batches", "rounds", "epochs", "train_subset", "test_subset"):
         if hasattr(args, k) and getattr(args, k) is not None and getattr(args, k) <= 0:
             raise OdenetError(f"--{k.replace('_', '-')} must be positive")
@@ -460,7 +465,8 @@ def run(args) -> int:
         meta.update({"timed batches per variant": res["timed_batches"], "s/epoch": res["epoch"]})
         write_study(out, "speed", "Training speed: plain torchdiffeq vs odenet", meta, {
             "Training step (batch 64, dopri5, rtol 1e-3, atol 1e-4, adjoint)":
-                (res["rows"], ["variant", "ms/batch (median)", "s/epoch", "NFE fwd", "NFE bwd", "speed-up"]),
+                (res["rows"], ["variant", "ms/batch (median)", "s/epoch", "NFE fwd", "NFE bwd", "speed-up"]
+                             + (["epoch speed-up"] if args.full_epoch else [])),
             "Inference on the 10,000 test images (batch 1000)": (res["inference"], ["backend", "images/s", "NFE per batch"]),
         }, as_json=args.json)
     elif args.study == "solvers":
