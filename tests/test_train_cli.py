@@ -174,3 +174,32 @@ def test_real_mnist_short_training(tmp_path):
                  name="real", device="cpu", report=False)
     summary = train(cfg, tmp_path / "real", progress=False, log=lambda m: None)
     assert summary["final"]["test_acc"] > 0.8
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_interrupt_then_resume(synth_dir, tmp_path, sig):
+    import signal
+    import time
+
+    run = tmp_path / "runs" / "int"
+    cmd = [sys.executable, "-m", "odenet", "train", "--epochs", "300", "--solver", "euler", "--step-size", "0.5",
+           "--batch-size", "64", "--out", str(tmp_path / "runs"), "--name", "int", "--no-verify-data", "--no-report",
+           "--device", "cpu", "--data-dir", str(synth_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").is_file()
+                                          and (run / "metrics.jsonl").read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=60)
+    done = len((run / "metrics.jsonl").read_text().splitlines())
+    assert 2 <= done < 300
+    if sig == "SIGINT":
+        assert proc.returncode == 130
+        assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    else:
+        assert proc.returncode == -9
+    state = checkpoint.load(str(run / "checkpoints" / "last.pt"))
+    assert state["epoch"] in (done, done + 1)  # a kill between checkpoint and metrics write loses nothing
+    assert main(["train", "--resume", str(run), "--epochs", str(done + 1), "--no-progress"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == done + 1
