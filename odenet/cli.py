@@ -111,6 +111,11 @@ def cmd_train(args) -> int:
         cfg_path = run / "config.yaml"
         if not (run / "checkpoints" / "last.pt").is_file() or not cfg_path.is_file():
             raise OdenetError(f"{run} is not a resumable run folder (needs config.yaml and checkpoints/last.pt)")
+        extra = [flag for flag, key, *_ in TRAIN_FLAGS + TRAIN_SWITCHES
+                 if getattr(args, key) is not None and key not in ("epochs", "device", "data_dir")]
+        if extra or args.config:
+            raise OdenetError(f"--resume continues the run's saved config; only --epochs, --device and --data-dir "
+                              f"may change (got {', '.join(extra or ['--config'])})")
         cfg = Config.from_dict(load_config_file(str(cfg_path)))
         for key in ("epochs", "device", "data_dir"):
             if getattr(args, key) is not None:

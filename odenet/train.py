@@ -59,6 +59,8 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
     train_set = load(cfg.dataset, data_dir, True, device, cfg.train_subset, cfg.verify_data)
     test_set = load(cfg.dataset, data_dir, False, device, cfg.test_subset, cfg.verify_data)
 
+    if cfg.tensorboard:
+        _tensorboard_class()  # fail before anything is written
     model = build_model(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -77,7 +79,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
     (run / "checkpoints").mkdir(exist_ok=True)
     checkpoint.atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     _write_metrics(run, history)
-    writer = _tensorboard(run) if cfg.tensorboard else None
+    writer = _tensorboard_class()(str(run / "tensorboard")) if cfg.tensorboard else None
 
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
     old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -172,9 +174,9 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def _tensorboard(run: Path):
+def _tensorboard_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise OdenetError("--tensorboard needs the tensorboard package: pip install 'odenet-mnist[tensorboard]'") from None
-    return SummaryWriter(str(run / "tensorboard"))
+    return SummaryWriter

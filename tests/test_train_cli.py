@@ -203,3 +203,11 @@ def test_interrupt_then_resume(synth_dir, tmp_path, sig):
     assert state["epoch"] in (done, done + 1)  # a kill between checkpoint and metrics write loses nothing
     assert main(["train", "--resume", str(run), "--epochs", str(done + 1), "--no-progress"]) == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == done + 1
+
+
+def test_resume_refuses_other_settings(tiny_config, capsys):
+    cfg = _fast(tiny_config, name="r1")
+    run = Path(cfg.out) / "r1"
+    train(cfg, run, progress=False, log=lambda m: None)
+    assert main(["train", "--resume", str(run), "--solver", "euler"]) == 1
+    assert "only --epochs" in capsys.readouterr().err
