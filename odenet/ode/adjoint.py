@@ -63,9 +63,10 @@ class _Adjoint(torch.autograd.Function):
         n = ys[0].numel()
         sizes = [p.numel() for p in params]
         vjp = opts["vjp"] or autograd_vjp(opts["func"], params)
-        solve_kw = dict(opts["solve"], norm=_augmented_norm(n, sizes, opts["seminorm"]))
+        solve_kw = dict(opts["solve"], norm=_augmented_norm(n, sizes, opts["seminorm"]), lead=2 * n)
 
         def aug(s: float, x: torch.Tensor) -> torch.Tensor:
+            """d/ds of [z, a, g] at s = -t, given only [z, a]: g never feeds back (a quadrature)."""
             fz, gz, gp = vjp(-s, x[:n].view(shape), x[n:2 * n].view(shape))
             return torch.cat([fz.reshape(-1).neg(), gz.reshape(-1), gp])
 
