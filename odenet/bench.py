@@ -283,10 +283,12 @@ def _plot_solvers(results: Dict[str, List[Dict]], path: Path) -> None:
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
         names = sorted({r["solver"] for rows in results.values() for r in rows})
+        seen = set()
         for rows in results.values():
             for r in rows:
-                if "test acc" not in r:
+                if "test acc" not in r or (r["solver"], r["setting"]) in seen:
                     continue
+                seen.add((r["solver"], r["setting"]))
                 c = COLORS[names.index(r["solver"]) % 10]
                 nfe = r["NFE fwd"] + r["NFE bwd"]
                 axes[0].scatter(nfe, r["test acc"], color=c)
