@@ -222,7 +222,7 @@ def _stability(model, test, cfg: Config, n: int = 1000) -> Dict[str, float]:
 
     model.eval()
     block = model.odeblock
-    z0 = model.encoder(test.x[:n])
+    z0 = model.encode(test.x[:n])
     own = block(z0)
     reference = dict(method="dopri5", rtol=1e-7, atol=1e-9, backend="native")
     ref = block.trajectory(z0, [0.0, cfg.t_end], **reference)[-1]

@@ -81,7 +81,7 @@ def collect(model: NeuralODEModel, split: Split, dataset: str, n_times: int = 21
     model.eval()
     z0s, zTs, probs = [], [], []
     for x, _ in split.batches(batch_size):
-        z0 = model.encoder(x)
+        z0 = model.encode(x)
         zT = model.odeblock(z0)
         z0s.append(z0)
         zTs.append(zT)
