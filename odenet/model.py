@@ -6,7 +6,7 @@ are one module registered twice, so its parameters count once.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -27,10 +27,20 @@ class ODEFunc(nn.Module):
         )
         self.nfe = 0
 
+    def _linears(self) -> List[nn.Linear]:
+        return [m for m in self.net if isinstance(m, nn.Linear)]  # Linear, ReLU, ..., Linear
+
     def forward(self, t, z: torch.Tensor) -> torch.Tensor:
         """dz/dt for ``z`` of shape ``(B, dim)``; autonomous, ``t`` is unused."""
         self.nfe += 1
-        return self.net(z)
+        if torch.is_grad_enabled():
+            return self.net(z)
+        h = z  # no graph to build: the same layers without module calls, ReLU in place on fresh outputs
+        for i, m in enumerate(self._linears()):
+            if i:
+                h = torch.relu_(h)
+            h = torch.addmm(m.bias, h, m.weight.t())
+        return h
 
     @torch.no_grad()
     def vjp(self, t, z: torch.Tensor, a: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -40,12 +50,12 @@ class ODEFunc(nn.Module):
         stage. Counts one evaluation.
         """
         self.nfe += 1
-        linears = [m for m in self.net if isinstance(m, nn.Linear)]  # Linear, ReLU, ..., Linear
+        linears = self._linears()
         inputs = []
         h = z
         for i, m in enumerate(linears):
             if i:
-                h = torch.relu(h)
+                h = torch.relu_(h)
             inputs.append(h)
             h = torch.addmm(m.bias, h, m.weight.t())
         sizes = [(m.weight.numel(), m.bias.numel()) for m in linears]
@@ -62,7 +72,7 @@ class ODEFunc(nn.Module):
             torch.sum(g, 0, out=flat[o + nw:o + nw + nb])
             g = g.mm(m.weight)
             if i:
-                g = g * (x > 0)  # ReLU'(pre-activation) == (post-activation > 0)
+                g = torch.ops.aten.threshold_backward(g, x, 0.0)  # ReLU': zero where the activation is 0
         return h, g, flat
 
 
