@@ -88,11 +88,12 @@ def _odenet_stepper(device, data_dir, seed, verify=True, **solver):
     """A training-step closure over odenet's own path (data on the device, index batches)."""
     from .data import load
     from .model import NeuralODEModel
+    from .train import make_optimizer
 
     split = load("mnist", data_dir, True, device, verify=verify)
     torch.manual_seed(seed)
     model = NeuralODEModel(**solver).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer(model, 1e-3)
     gen = torch.Generator().manual_seed(seed)
     state = {"it": split.batches(64, gen)}
 
