@@ -4,9 +4,11 @@ What makes it faster than torchdiffeq on small states (a batch of 64-d latents):
 
 * time and step-size bookkeeping are Python floats, so a step costs no tensor arithmetic besides the
   stages themselves, and the accept/reject test reads one scalar;
-* a stage input ``y + h * sum_j a_ij k_j`` is one ``addmm`` over the stacked stages;
-* the adjoint's vector-Jacobian product uses the function's own fused ``forward_vjp`` when it has one
-  (``odenet.model.ODEFunc`` does: a hand-written backward of its Linear/ReLU stack), else autograd.
+* stages are written once into a preallocated buffer and a stage input ``y + h * sum_j a_ij k_j`` is one
+  ``addmm`` over it; a trailing quadrature part of the state (the adjoint's parameter gradient) is only
+  summed at the end of the step, never formed as a stage input;
+* the adjoint's vector-Jacobian product uses a fused ``vjp`` when given one (``odenet.model.ODEFunc.vjp``:
+  a hand-written backward of its Linear/ReLU stack), else autograd (``odenet.ode.adjoint``).
 
 Shapes: the state ``y`` is any tensor shape ``S``; ``func(t: float, y: S) -> S``.
 """
