@@ -22,6 +22,7 @@ from .data import class_names, load
 from .errors import DivergenceError, Interrupted, OdenetError, SolverError
 from .evaluate import run_eval
 from .model import NeuralODEModel
+from .ode import resolve_backend
 
 EpochHook = Callable[[Path, List[Dict]], None]
 
@@ -61,6 +62,8 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
     """Train ``cfg`` into run folder ``run`` (continuing its ``last.pt`` when ``resume``); return the summary."""
     log = log or (lambda msg: print(msg, flush=True))
     cfg.validate()
+    if resolve_backend(cfg.solver, cfg.backend) != cfg.backend:
+        log(f"note: solver {cfg.solver} is not in the native engine; it runs on the torchdiffeq backend")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data_dir = cfg.data_dir or default_data_dir()

@@ -114,3 +114,10 @@ def test_config_files(tmp_path):
         load_config_file(str(tmp_path / "c.yaml"))
     with pytest.raises(OdenetError, match="unknown config key"):
         Config.from_dict({"colour": "red"})
+
+
+@pytest.mark.skipif(real_data_dir() is None or not (real_data_dir() / "FashionMNIST" / "raw").is_dir(),
+                    reason="real Fashion-MNIST not available (set ODENET_DATA_DIR to a copy of it)")
+def test_real_fashion_mnist_loads_with_md5():
+    x, y = load_split("fashion-mnist", str(real_data_dir()), False, verify=True)
+    assert x.shape == (10000, 28, 28) and np.bincount(y).tolist() == [1000] * 10

@@ -211,3 +211,28 @@ def test_resume_refuses_other_settings(tiny_config, capsys):
     train(cfg, run, progress=False, log=lambda m: None)
     assert main(["train", "--resume", str(run), "--solver", "euler"]) == 1
     assert "only --epochs" in capsys.readouterr().err
+
+
+def test_fashion_mnist_and_config_precedence(tmp_path, capsys, monkeypatch):
+    from conftest import make_dataset
+
+    root = make_dataset(tmp_path / "data", n_train=96, n_test=40, folder="FashionMNIST")
+    (tmp_path / "run.yaml").write_text("solver: euler\nstep-size: 0.5\nepochs: 1\nlr: 0.1\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "run.yaml", "--lr", "0.002", "--dataset", "fashion-mnist", "--data-dir",
+                 str(root), "--no-verify-data", "--no-report", "--name", "f"]) == 0
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "runs" / "f" / "config.yaml").read_text())
+    assert (saved["solver"], saved["step_size"], saved["epochs"], saved["lr"]) == ("euler", 0.5, 1, 0.002)
+    capsys.readouterr()
+    assert main(["evaluate", "runs/f", "--json", "--device", "cpu"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["dataset"] == "fashion-mnist" and "Ankle boot" in ev["per_class_accuracy"]
+
+
+def test_torchdiffeq_only_solver_trains_with_a_note(tiny_config):
+    cfg = _fast(tiny_config, name="d8", solver="dopri8", train_subset=64, test_subset=32)
+    notes = []
+    train(cfg, Path(cfg.out) / "d8", progress=False, log=notes.append)
+    assert any("torchdiffeq backend" in n for n in notes)
