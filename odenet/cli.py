@@ -218,6 +218,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("odenet: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, permissions, ...: the checkpoints already written are intact
+        print(f"odenet: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -100,8 +100,8 @@ def load_config_file(path: str) -> Dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise OdenetError(f"config file not found: {path}")
-    text = p.read_text()
     try:
+        text = p.read_text()
         if p.suffix == ".toml":
             try:
                 import tomllib  # type: ignore[import-not-found]

@@ -121,3 +121,10 @@ def test_config_files(tmp_path):
 def test_real_fashion_mnist_loads_with_md5():
     x, y = load_split("fashion-mnist", str(real_data_dir()), False, verify=True)
     assert x.shape == (10000, 28, 28) and np.bincount(y).tolist() == [1000] * 10
+
+
+def test_unreadable_config_is_one_line_error(tmp_path):
+    d = tmp_path / "dir.yaml"
+    d.mkdir()  # a folder is not a readable file even for root
+    with pytest.raises(OdenetError):
+        load_config_file(str(d))
