@@ -112,7 +112,9 @@ class ODEBlock(nn.Module):
         kw.update(overrides)
         if is_adaptive(kw["method"]):
             kw["step_size"] = None  # step_size is the fixed-step solvers' setting; adaptive ones estimate it
-        return odeint(self.odefunc, z0, ts, vjp=self.odefunc.vjp if self.fused_vjp else None, **kw)
+        # the fused vjp returns every parameter's gradient: usable only when none is frozen
+        fused = self.fused_vjp and all(p.requires_grad for p in self.odefunc.parameters())
+        return odeint(self.odefunc, z0, ts, vjp=self.odefunc.vjp if fused else None, **kw)
 
 
 class NeuralODEModel(nn.Module):

@@ -38,3 +38,13 @@ def test_fused_vjp_equals_autograd():
     assert torch.allclose(fz, rz, atol=1e-12)
     assert torch.allclose(gz, rgz, atol=1e-12)
     assert gp.shape == rgp.shape and torch.allclose(gp, rgp, atol=1e-12)
+
+
+def test_frozen_odefunc_layer_still_trains_the_rest():
+    torch.manual_seed(1)
+    m = NeuralODEModel()
+    m.odefunc.net[0].weight.requires_grad_(False)
+    loss = m(torch.randn(4, 1, 28, 28)).sum()
+    loss.backward()
+    assert m.odefunc.net[0].weight.grad is None
+    assert m.odefunc.net[2].weight.grad is not None and m.encoder[0].weight.grad is not None

@@ -33,13 +33,15 @@ def autograd_vjp(func: Callable, params: Sequence[torch.Tensor]) -> Callable:
 
 def _augmented_norm(n: int, sizes: List[int], seminorm: bool) -> Norm:
     """torchdiffeq's adjoint norm: max of the RMS of z, of a and (unless ``seminorm``) of each parameter."""
-    lengths = torch.tensor(sizes, dtype=torch.long)
+    lengths: dict = {}  # per device, built once (no host-to-device copy per step)
 
     def norm(x: torch.Tensor) -> torch.Tensor:
         sq = x * x
         parts = [sq[:n].mean(), sq[n:2 * n].mean()]
         if not seminorm and sizes:
-            parts.append(torch.segment_reduce(sq[2 * n:], "mean", lengths=lengths.to(x.device)).max())
+            if x.device not in lengths:
+                lengths[x.device] = torch.tensor(sizes, dtype=torch.long, device=x.device)
+            parts.append(torch.segment_reduce(sq[2 * n:], "mean", lengths=lengths[x.device]).max())
         return torch.stack(parts).max().sqrt()
 
     return norm
