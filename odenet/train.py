@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -93,7 +94,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
     writer = _tensorboard_class()(str(run / "tensorboard")) if cfg.tensorboard else None
 
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
-    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stop = _StopOnSignal()  # Ctrl-C / SIGTERM stop between batches, never inside a checkpoint write
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -120,6 +121,8 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
                         raise
                     raise DivergenceError(f"training diverged at epoch {epoch + 1}, batch {b + 1}: {e}; "
                                           f"last good checkpoint kept in {run / 'checkpoints'}") from None
+                if stop.signal:
+                    raise KeyboardInterrupt
                 sums["loss"] += loss_v * len(y)
                 sums["correct"] += (logits.argmax(1) == y).sum().item()
                 sums["n"] += len(y)
@@ -166,7 +169,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
         raise Interrupted(f"interrupted during epoch {epoch + 1}; the checkpoint after epoch {len(history)} is kept; "
                           f"continue with: odenet train --resume {run}") from None
     finally:
-        signal.signal(signal.SIGTERM, old_term)
+        stop.restore()
         if writer is not None:
             writer.close()
 
@@ -175,6 +178,26 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
                "total_train_seconds": sum(r["epoch_seconds"] for r in history)}
     checkpoint.atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+class _StopOnSignal:
+    """Turns the first SIGINT/SIGTERM into a flag the loop checks between batches; a second one interrupts."""
+
+    def __init__(self):
+        self.signal = None
+        self.old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def restore(self) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
 
 
 def _bar(total: int, desc: str, enabled: bool):
