@@ -19,7 +19,6 @@ from .tableaus import TABLEAUS
 
 BACKENDS = ("native", "torchdiffeq")
 NATIVE_METHODS = tuple(TABLEAUS)
-SEED_METHODS = ("dopri5", "rk4", "euler", "midpoint")
 
 
 def torchdiffeq_methods() -> tuple:
@@ -106,5 +105,5 @@ def _odeint_torchdiffeq(func, y0, ts, method, rtol, atol, step_size, adjoint, se
         raise SolverError(f"solver {method}: {e}") from None
 
 
-__all__ = ["odeint", "solve", "BACKENDS", "NATIVE_METHODS", "SEED_METHODS", "TABLEAUS", "is_adaptive",
+__all__ = ["odeint", "solve", "BACKENDS", "NATIVE_METHODS", "TABLEAUS", "is_adaptive",
            "resolve_backend", "torchdiffeq_methods"]
