@@ -158,7 +158,7 @@ def predictions(images: np.ndarray, probs: np.ndarray, truth: np.ndarray, path: 
     wrong = np.flatnonzero(pred != truth)
     mistakes = wrong[np.argsort(-conf[wrong])][:n_mistakes]
     cols = 8
-    sections = [(f"Test digits with their top-3 class probabilities", sample),
+    sections = [("Test digits with their top-3 class probabilities", sample),
                 (f"The {len(mistakes)} most confident mistakes (of {len(wrong)})", mistakes)]
     heights = [max(1, int(np.ceil(len(ix) / cols))) for _, ix in sections]
     with plt.rc_context({**STYLE, "figure.constrained_layout.use": False}):

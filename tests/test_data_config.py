@@ -1,6 +1,5 @@
 """Data loading from IDX files, MD5 checks, and configuration validation."""
 import gzip
-import os
 import stat
 
 import numpy as np

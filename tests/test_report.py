@@ -1,7 +1,6 @@
 """The six figures and the HTML report, on a tiny trained model."""
 import base64
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """Training, checkpoints, resume, and the command line end to end on a small self-made dataset."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
