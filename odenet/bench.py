@@ -458,8 +458,9 @@ def run(args) -> int:
     device = _device(args.device)
     out = Path(args.out)
     data_dir = args.data_dir or default_data_dir()
-    meta = {"machine": machine(device), "date": time.strftime("%Y-%m-%d"), "command": "odenet " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("odenet") else
-            "odenet bench " + args.study}
+    command = ("odenet " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("odenet")
+               else "odenet bench " + args.study)
+    meta = {"machine": machine(device), "date": time.strftime("%Y-%m-%d"), "command": command}
     for k in ("batches", "rounds", "epochs", "train_subset", "test_subset"):
         if hasattr(args, k) and getattr(args, k) is not None and getattr(args, k) <= 0:
             raise OdenetError(f"--{k.replace('_', '-')} must be positive")
@@ -474,7 +475,8 @@ def run(args) -> int:
         }, as_json=args.json)
     elif args.study == "solvers":
         base = Config(epochs=args.epochs, train_subset=args.train_subset, test_subset=args.test_subset,
-                      data_dir=data_dir, verify_data=args.verify_data, device=args.device, seed=args.seed, backend=args.backend, report=False)
+                      data_dir=data_dir, verify_data=args.verify_data, device=args.device, seed=args.seed,
+                      backend=args.backend, report=False)
         base.validate()
         meta.update({"budget": f"{args.epochs} epochs on {args.train_subset} training images, "
                                f"test on {args.test_subset}; same seed for every setting",

@@ -175,7 +175,8 @@ def render_html(run: Path, config: Dict, history: List[Dict], model_print: str, 
     """A self-contained page: images embedded as base64, no external resources."""
     last = history[-1]
     metrics = [("checkpoint", f"{ck_name} (after epoch {ck_epoch})"), ("test accuracy (checkpoint)", f"{acc:.4f} on {n} images"),
-               ("epochs trained", len(history)), ("final train loss / acc", f"{last['train_loss']:.4f} / {last['train_acc']:.4f}"),
+               ("epochs trained", len(history)),
+               ("final train loss / acc", f"{last['train_loss']:.4f} / {last['train_acc']:.4f}"),
                ("final test loss / acc", f"{last['test_loss']:.4f} / {last['test_acc']:.4f}"),
                ("best test accuracy", f"{max(r['test_acc'] for r in history):.4f}"),
                ("NFE forward / backward (last epoch)", f"{last['nfe_forward']:.1f} / {last['nfe_backward']:.1f}"),
