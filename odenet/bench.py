@@ -88,7 +88,7 @@ def _odenet_stepper(device, data_dir, seed, verify=True, **solver):
     """A training-step closure over odenet's own path (data on the device, index batches)."""
     from .data import load
     from .model import NeuralODEModel
-    from .train import make_optimizer
+    from .train import make_optimizer, train_step
 
     split = load("mnist", data_dir, True, device, verify=verify)
     torch.manual_seed(seed)
@@ -103,13 +103,7 @@ def _odenet_stepper(device, data_dir, seed, verify=True, **solver):
         except StopIteration:
             state["it"] = split.batches(64, gen)
             x, y = next(state["it"])
-        model.nfe = 0
-        loss = F.cross_entropy(model(x), y)
-        nf, model.nfe = model.nfe, 0
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return nf, model.nfe
+        return train_step(model, opt, x, y)[2:]
 
     return step, model
 
@@ -246,7 +240,7 @@ def bench_solvers(base: Config, solvers: Sequence[str], rtols: Sequence[float], 
     from .ode import is_adaptive
 
     device = _device(base.device)
-    test = load(base.dataset, base.data_dir or default_data_dir(), False, device, base.test_subset, base.verify_data)
+    test = load(base.dataset, base.resolved_data_dir(), False, device, base.test_subset, base.verify_data)
     settings = [("solvers", dict(solver=s)) for s in solvers]
     settings += [("dopri5 tolerance sweep", dict(solver="dopri5", rtol=r, atol=r / 10)) for r in rtols]
     settings += [("fixed-step sweep", dict(solver=s, step_size=h)) for s in fixed_for_sweep for h in steps]

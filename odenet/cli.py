@@ -144,12 +144,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _data_dir_for(cfg: Config, override: Optional[str]) -> str:
-    from .config import default_data_dir
-
-    return override or cfg.data_dir or default_data_dir()
-
-
 def cmd_evaluate(args) -> int:
     from .checkpoint import load_model
     from .data import class_names, load
@@ -158,7 +152,7 @@ def cmd_evaluate(args) -> int:
 
     device = resolve_device(args.device)
     model, cfg, state = load_model(args.target, device)
-    split = load(cfg.dataset, _data_dir_for(cfg, args.data_dir), False, device, args.test_subset, cfg.verify_data)
+    split = load(cfg.dataset, cfg.resolved_data_dir(args.data_dir), False, device, args.test_subset, cfg.verify_data)
     names = class_names(cfg.dataset)
     ev = run_eval(model, split, args.batch_size, len(names))
     result = {"checkpoint_epoch": state["epoch"], "dataset": cfg.dataset, "solver": cfg.solver,

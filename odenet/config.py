@@ -88,6 +88,10 @@ class Config:
             raise OdenetError(f"unknown config key(s): {', '.join(unknown)}")
         return cls(**d)
 
+    def resolved_data_dir(self, override: Optional[str] = None) -> str:
+        """``override``, else this run's ``data_dir``, else ``$ODENET_DATA_DIR`` or the per-user cache."""
+        return override or self.data_dir or default_data_dir()
+
     def solver_kwargs(self) -> Dict[str, Any]:
         """The ODE block's settings (see ``odenet.model.ODEBlock``)."""
         return dict(t_end=self.t_end, method=self.solver, rtol=self.rtol, atol=self.atol,

@@ -35,10 +35,17 @@ class ODEFunc(nn.Module):
         self.nfe += 1
         if torch.is_grad_enabled():
             return self.net(z)
-        h = z  # no graph to build: the same layers without module calls, ReLU in place on fresh outputs
-        for i, m in enumerate(self._linears()):
+        return self._mlp(z, self._linears())
+
+    @staticmethod
+    def _mlp(z: torch.Tensor, linears: List[nn.Linear], inputs: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        """The layers without module calls or graph, ReLU in place on fresh outputs; collects layer inputs."""
+        h = z
+        for i, m in enumerate(linears):
             if i:
                 h = torch.relu_(h)
+            if inputs is not None:
+                inputs.append(h)
             h = torch.addmm(m.bias, h, m.weight.t())
         return h
 
@@ -51,13 +58,8 @@ class ODEFunc(nn.Module):
         """
         self.nfe += 1
         linears = self._linears()
-        inputs = []
-        h = z
-        for i, m in enumerate(linears):
-            if i:
-                h = torch.relu_(h)
-            inputs.append(h)
-            h = torch.addmm(m.bias, h, m.weight.t())
+        inputs: List[torch.Tensor] = []
+        h = self._mlp(z, linears, inputs)
         sizes = [(m.weight.numel(), m.bias.numel()) for m in linears]
         flat = z.new_empty(sum(w + b for w, b in sizes))
         offsets, o = [], 0

@@ -14,7 +14,6 @@ import torch
 
 from . import figures
 from .checkpoint import atomic_write_text, load_model, resolve_path
-from .config import default_data_dir
 from .data import STATS, Split, class_names, load
 from .errors import OdenetError
 from .model import NeuralODEModel
@@ -151,7 +150,7 @@ def write_report(run: Path, data_dir: Optional[str] = None, device: str = "auto"
     ck = resolve_path(str(run))
     dev = resolve_device(device)
     model, cfg, state = load_model(str(ck), dev)
-    split = load(cfg.dataset, data_dir or cfg.data_dir or default_data_dir(), False, dev, cfg.test_subset,
+    split = load(cfg.dataset, cfg.resolved_data_dir(data_dir), False, dev, cfg.test_subset,
                  cfg.verify_data)
     names = class_names(cfg.dataset)
     data = collect(model, split, cfg.dataset)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import yaml
 
 from . import checkpoint
-from .config import Config, default_data_dir, epoch_lr
+from .config import Config, epoch_lr
 from .data import class_names, load
 from .errors import DivergenceError, Interrupted, OdenetError, SolverError
 from .evaluate import run_eval
@@ -49,6 +49,24 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=lr)
 
 
+def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    """One optimisation step; returns ``(logits, loss value, forward NFE, backward NFE)``.
+
+    Raises ``DivergenceError`` before the update when the loss is not finite.
+    """
+    model.nfe = 0
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    nfe_f, model.nfe = model.nfe, 0
+    loss_v = loss.item()
+    if not math.isfinite(loss_v):
+        raise DivergenceError(f"loss is {loss_v}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return logits, loss_v, nfe_f, model.nfe
+
+
 def _write_metrics(run: Path, history: List[Dict]) -> None:
     checkpoint.atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
@@ -67,7 +85,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
         log(f"note: solver {cfg.solver} is not in the native engine; it runs on the torchdiffeq backend")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    data_dir = cfg.data_dir or default_data_dir()
+    data_dir = cfg.resolved_data_dir()
     train_set = load(cfg.dataset, data_dir, True, device, cfg.train_subset, cfg.verify_data)
     test_set = load(cfg.dataset, data_dir, False, device, cfg.test_subset, cfg.verify_data)
 
@@ -106,16 +124,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
             bar = _bar(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress)
             for b, (x, y) in enumerate(train_set.batches(cfg.batch_size, shuffle)):
                 try:
-                    model.nfe = 0
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y)
-                    nfe_f, model.nfe = model.nfe, 0
-                    loss_v = loss.item()
-                    if not math.isfinite(loss_v):
-                        raise DivergenceError(f"loss is {loss_v}")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    logits, loss_v, nfe_f, nfe_b = train_step(model, opt, x, y)
                 except (DivergenceError, SolverError, AssertionError) as e:
                     if isinstance(e, AssertionError) and not _solver_failure(e):
                         raise
@@ -127,11 +136,11 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
                 sums["correct"] += (logits.argmax(1) == y).sum().item()
                 sums["n"] += len(y)
                 sums["nfe_f"] += nfe_f
-                sums["nfe_b"] += model.nfe
+                sums["nfe_b"] += nfe_b
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.4f}", acc=f"{sums['correct'] / sums['n']:.4f}",
-                                    nfe=f"{nfe_f}/{model.nfe}", refresh=False)
+                                    nfe=f"{nfe_f}/{nfe_b}", refresh=False)
             seconds = time.perf_counter() - t0
             if bar is not None:
                 bar.close()
