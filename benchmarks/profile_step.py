@@ -1,0 +1,51 @@
+"""Where one training step's time goes (seed configuration, batch 64), and the CPU's matrix-product rate.
+
+    python benchmarks/profile_step.py
+"""
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from odenet.model import NeuralODEModel
+from odenet.train import make_optimizer
+
+torch.manual_seed(0)
+x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+m = NeuralODEModel()
+opt = make_optimizer(m, 1e-3)
+parts = {k: [] for k in ("encoder forward", "ODE forward", "classifier + loss", "ODE adjoint backward",
+                         "encoder backward", "optimizer step")}
+nfe = []
+for i in range(60):
+    t = [time.perf_counter()]
+    z0 = m.encode(x); t.append(time.perf_counter())
+    zd = z0.detach().requires_grad_()
+    m.nfe = 0
+    zT = m.odeblock(zd); t.append(time.perf_counter())
+    loss = F.cross_entropy(m.classifier(zT), y); opt.zero_grad(); t.append(time.perf_counter())
+    nf, m.nfe = m.nfe, 0
+    loss.backward(); t.append(time.perf_counter())
+    z0.backward(zd.grad); t.append(time.perf_counter())
+    opt.step(); t.append(time.perf_counter())
+    if i >= 10:
+        for k, a, b in zip(parts, t[:-1], t[1:]):
+            parts[k].append(b - a)
+        nfe.append((nf, m.nfe))
+print(f"{torch.get_num_threads()} torch threads; NFE fwd/bwd {statistics.mean(a for a, _ in nfe):.1f}/"
+      f"{statistics.mean(b for _, b in nfe):.1f}\n| part | ms (median) |\n|---|---|")
+total = 0.0
+for k, v in parts.items():
+    total += statistics.median(v) * 1e3
+    print(f"| {k} | {statistics.median(v) * 1e3:.2f} |")
+print(f"| total | {total:.2f} |")
+for mm, k, n in ((64, 128, 128), (64, 64, 128), (1000, 128, 128)):
+    a, w = torch.randn(mm, k), torch.randn(k, n)
+    for _ in range(100):
+        a @ w
+    t0 = time.perf_counter()
+    for _ in range(2000):
+        a @ w
+    dt = (time.perf_counter() - t0) / 2000
+    print(f"mm {mm}x{k}x{n}: {dt * 1e6:.1f} us, {2 * mm * k * n / dt / 1e9:.0f} GFLOP/s")
