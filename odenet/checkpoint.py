@@ -49,8 +49,8 @@ def load(path: str) -> Dict[str, Any]:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises many kinds on foreign files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OdenetError(f"{path} is not a readable odenet checkpoint ({first[:120]})") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise OdenetError(f"{path} is not a readable odenet checkpoint ({type(e).__name__}: {first[:100]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise OdenetError(f"{path} is not an odenet checkpoint (no odenet header)")
     if state.get("version") != VERSION:
