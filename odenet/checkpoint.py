@@ -59,7 +59,7 @@ def load(path: str) -> Dict[str, Any]:
 
 
 def resolve_path(path: str) -> Path:
-    """A checkpoint file, or a run folder (its ``best.pt``, else ``last.pt``)."""
+    """A checkpoint file, or a run folder: its ``best.pt`` (chosen on a validation split), else ``last.pt``."""
     p = Path(path)
     if p.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -69,6 +69,15 @@ def resolve_path(path: str) -> Path:
     if not p.exists():
         raise OdenetError(f"no such run folder or checkpoint: {path}")
     return p
+
+
+def chosen_by(path: Path, cfg: Config) -> str:
+    """How the checkpoint at ``path`` was chosen, for reports: never by the test set."""
+    if Path(path).name == "best.pt" and cfg.val_size > 0:
+        return f"highest accuracy on a {cfg.val_size}-image validation split"
+    if Path(path).name == "last.pt":
+        return "final epoch"
+    return "as given"
 
 
 def load_model(path: str, device: torch.device = torch.device("cpu")) -> Tuple[NeuralODEModel, Config, Dict[str, Any]]:

@@ -17,6 +17,16 @@ TRAIN_FLAGS = [
     ("--epochs", "epochs", int, "epochs"),
     ("--lr", "lr", float, "Adam learning rate"),
     ("--lr-schedule", "lr_schedule", str, "cosine (per-epoch decay from --lr) or constant"),
+    ("--optimizer", "optimizer", str, "adam or adamw"),
+    ("--weight-decay", "weight_decay", float, "weight decay (decoupled with adamw)"),
+    ("--warmup-epochs", "warmup_epochs", float, "linear learning-rate warm-up over this many epochs"),
+    ("--label-smoothing", "label_smoothing", float, "label smoothing of the cross-entropy"),
+    ("--ema", "ema", float, "decay of an exponential moving average of the weights used for evaluation (0: off)"),
+    ("--aug-rotate", "aug_rotate", float, "augmentation: random rotation, +- degrees"),
+    ("--aug-translate", "aug_translate", float, "augmentation: random shift, +- pixels"),
+    ("--aug-scale", "aug_scale", float, "augmentation: random zoom, +- fraction"),
+    ("--val-size", "val_size", int, "training images held out as a validation split that chooses best.pt; "
+                                    "0 trains on all of them and evaluate/predict use the final model"),
     ("--t-end", "t_end", float, "final integration time T"),
     ("--ode-dim", "ode_dim", int, "latent dimension"),
     ("--solver", "solver", str, "ODE solver: dopri5, rk4, euler, midpoint, bosh3, adaptive_heun, or any torchdiffeq method"),
@@ -42,6 +52,9 @@ TRAIN_SWITCHES = [  # (flag, config key, value it sets, help)
     ("--no-report", "report", False, "do not write the figures and report.html at the end"),
     ("--no-verify-data", "verify_data", False, "skip the MD5 check of dataset files (for your own IDX files)"),
 ]
+
+# settings that do not change what is trained, so a resumed run may set them anew
+RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "report", "tensorboard")
 
 
 def _add_train(sub) -> None:
@@ -112,12 +125,13 @@ def cmd_train(args) -> int:
         if not (run / "checkpoints" / "last.pt").is_file() or not cfg_path.is_file():
             raise OdenetError(f"{run} is not a resumable run folder (needs config.yaml and checkpoints/last.pt)")
         extra = [flag for flag, key, *_ in TRAIN_FLAGS + TRAIN_SWITCHES
-                 if getattr(args, key) is not None and key not in ("epochs", "device", "data_dir")]
+                 if getattr(args, key) is not None and key not in RESUME_MAY_CHANGE]
         if extra or args.config:
-            raise OdenetError(f"--resume continues the run's saved config; only --epochs, --device and --data-dir "
-                              f"may change (got {', '.join(extra or ['--config'])})")
+            raise OdenetError(f"--resume continues the run's saved config; only --epochs, --device, --data-dir, "
+                              f"--no-report, --tensorboard and --no-progress may change "
+                              f"(got {', '.join(extra or ['--config'])})")
         cfg = Config.from_dict(load_config_file(str(cfg_path)))
-        for key in ("epochs", "device", "data_dir"):
+        for key in RESUME_MAY_CHANGE:
             if getattr(args, key) is not None:
                 setattr(cfg, key, getattr(args, key))
         cfg.validate()
@@ -135,7 +149,10 @@ def cmd_train(args) -> int:
         hooks.append(history_hook)
     progress = not args.no_progress and sys.stderr.isatty()
     summary = train(cfg, run, resume=bool(args.resume), progress=progress, hooks=hooks)
-    print(f"done: best test accuracy {summary['best_test_acc']:.4f}; run folder {run}")
+    done = f"done: test accuracy after the last epoch {summary['final_test_acc']:.4f}"
+    if "best_epoch" in summary:
+        done += f"; best.pt is epoch {summary['best_epoch']} (validation accuracy {summary['best_val_acc']:.4f})"
+    print(f"{done}; run folder {run}")
     if cfg.report:
         from .report import write_report
 
@@ -145,23 +162,25 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .checkpoint import load_model
+    from .checkpoint import chosen_by, load_model, resolve_path
     from .data import class_names, load
     from .evaluate import run_eval
     from .train import resolve_device
 
     device = resolve_device(args.device)
-    model, cfg, state = load_model(args.target, device)
+    ck_path = resolve_path(args.target)
+    model, cfg, state = load_model(str(ck_path), device)
     split = load(cfg.dataset, cfg.resolved_data_dir(args.data_dir), False, device, args.test_subset, cfg.verify_data)
     names = class_names(cfg.dataset)
     ev = run_eval(model, split, args.batch_size, len(names))
-    result = {"checkpoint_epoch": state["epoch"], "dataset": cfg.dataset, "solver": cfg.solver,
-              "n": ev["n"], "accuracy": ev["acc"], "loss": ev["loss"], "nfe_mean": ev["nfe"],
+    result = {"split": "test", "checkpoint": str(ck_path), "checkpoint_epoch": state["epoch"],
+              "chosen_by": chosen_by(ck_path, cfg), "dataset": cfg.dataset, "solver": cfg.solver, "n": ev["n"], "accuracy": ev["acc"], "loss": ev["loss"], "nfe_mean": ev["nfe"],
               "images_per_s": ev["images_per_s"], "per_class_accuracy": dict(zip(names, ev["per_class_acc"]))}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{cfg.dataset} test set ({ev['n']} images), checkpoint after epoch {state['epoch']}, solver {cfg.solver}")
+        print(f"{cfg.dataset} test set ({ev['n']} images); {ck_path.name} after epoch {state['epoch']} "
+              f"({chosen_by(ck_path, cfg)}); solver {cfg.solver}")
         print(f"accuracy {ev['acc']:.4f}  loss {ev['loss']:.4f}  mean NFE {ev['nfe']:.1f}  {ev['images_per_s']:.0f} images/s")
         print("per-class accuracy: " + "  ".join(f"{n}: {a:.4f}" for n, a in zip(names, ev["per_class_acc"])))
     return 0

@@ -13,6 +13,7 @@ from .errors import OdenetError
 
 DATASETS = ("mnist", "fashion-mnist")
 LR_SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adam", "adamw")
 
 
 @dataclass
@@ -24,6 +25,16 @@ class Config:
     epochs: int = 10
     lr: float = 1e-3
     lr_schedule: str = "cosine"  # per-epoch cosine decay from lr; "constant" keeps lr fixed
+    # training recipe beyond the seed (all off by default; see docs/accuracy.md)
+    optimizer: str = "adam"  # adam or adamw (decoupled weight decay)
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0  # linear warm-up of the learning rate over this many epochs (per batch)
+    label_smoothing: float = 0.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights used for evaluation; 0: off
+    aug_rotate: float = 0.0  # random rotation, +- degrees (on-device, whole batch at once)
+    aug_translate: float = 0.0  # random shift, +- pixels
+    aug_scale: float = 0.0  # random zoom, +- fraction
+    val_size: int = 0  # images carved from the training set to choose best.pt; 0: train on all, no selection
     t_end: float = 1.0
     ode_dim: int = 64
     solver: str = "dopri5"
@@ -62,6 +73,18 @@ class Config:
         for k in ("batch_size", "epochs", "ode_dim", "max_steps", "eval_batch_size"):
             if int(getattr(self, k)) != getattr(self, k):
                 raise OdenetError(f"{k.replace('_', '-')} must be an integer, got {getattr(self, k)!r}")
+        nonneg = dict(weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs, ema=self.ema,
+                      label_smoothing=self.label_smoothing, aug_rotate=self.aug_rotate,
+                      aug_translate=self.aug_translate, aug_scale=self.aug_scale, val_size=self.val_size)
+        for k, v in nonneg.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
+                raise OdenetError(f"{k.replace('_', '-')} must be a finite number >= 0, got {v!r}")
+        if int(self.val_size) != self.val_size:
+            raise OdenetError(f"val-size must be an integer, got {self.val_size!r}")
+        if self.ema >= 1 or self.label_smoothing >= 1 or self.aug_scale >= 1:
+            raise OdenetError("ema, label-smoothing and aug-scale must be below 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise OdenetError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         for k in ("train_subset", "test_subset"):
             v = getattr(self, k)
             if v is not None and (not isinstance(v, int) or v <= 0):
@@ -139,3 +162,12 @@ def epoch_lr(cfg: Config, epoch: int) -> float:
     if cfg.lr_schedule == "constant":
         return cfg.lr
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+def step_lr(cfg: Config, epoch: int, batch: int, batches_per_epoch: int) -> float:
+    """Learning rate of one batch: ``epoch_lr`` times a linear warm-up over the first ``warmup_epochs``."""
+    lr = epoch_lr(cfg, epoch)
+    if cfg.warmup_epochs > 0:
+        done = (epoch + (batch + 1) / batches_per_epoch) / cfg.warmup_epochs
+        lr *= min(1.0, done)
+    return lr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import OdenetError
 
@@ -74,14 +76,15 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _download(dataset: str, root: Path, train: bool) -> None:
+    needed = " and ".join(split_files(train))
     try:
         root.mkdir(parents=True, exist_ok=True)
         _tv_dataset(dataset)(str(root), train=train, download=True)
     except Exception as e:  # noqa: BLE001 - network and mirror errors become one line
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise OdenetError(
-            f"{dataset} not found under {root / FOLDERS[dataset] / 'raw'} and the download failed ({msg}); "
-            f"pass --data-dir (or set ODENET_DATA_DIR) to a folder holding {FOLDERS[dataset]}/raw/*.gz") from None
+            f"{dataset} {needed} not found under {root / FOLDERS[dataset] / 'raw'} and the download failed "
+            f"({msg}); pass --data-dir (or set ODENET_DATA_DIR) to a folder holding them") from None
 
 
 def load_split(dataset: str, root: str, train: bool, verify: bool = True,
@@ -139,6 +142,47 @@ class Split:
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
             yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+
+
+def carve_validation(split: Split, size: int, seed: int) -> Tuple[Split, Optional[Split]]:
+    """Split off ``size`` random images (drawn from ``seed``) as a validation set: ``(train, val)``.
+
+    The two are disjoint and together are ``split``; ``size == 0`` returns ``(split, None)``.
+    """
+    if size <= 0:
+        return split, None
+    if size >= len(split):
+        raise OdenetError(f"val-size {size} leaves no training images (the training set has {len(split)})")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed)).to(split.y.device)
+    val, train = order[:size].sort().values, order[size:].sort().values
+    return (Split(split.x.index_select(0, train), split.y.index_select(0, train)),
+            Split(split.x.index_select(0, val), split.y.index_select(0, val)))
+
+
+def random_affine(x: torch.Tensor, rotate: float, translate: float, scale: float,
+                  background: float) -> torch.Tensor:
+    """Each image of ``x`` ``(B, C, H, W)`` rotated by up to +-``rotate`` degrees, shifted by up to
+    +-``translate`` pixels and zoomed by up to +-``scale``, on ``x``'s device, in one ``grid_sample``.
+
+    Pixels that come from outside the image take the value ``background``. Labels are unchanged.
+    """
+    B, _, H, W = x.shape
+    u = torch.rand(B, 4, device=x.device, dtype=x.dtype) * 2 - 1  # uniform in [-1, 1]
+    angle = u[:, 0] * (rotate * math.pi / 180.0)
+    s = 1.0 + u[:, 1] * scale
+    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+    # affine_grid maps output coordinates in [-1, 1] to input coordinates: shifts are in half-widths
+    theta = torch.stack([torch.stack([cos, -sin, u[:, 2] * (2 * translate / W)], 1),
+                         torch.stack([sin, cos, u[:, 3] * (2 * translate / H)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out + background
+
+
+def background_value(dataset: str) -> float:
+    """The normalized value of a black (0) pixel."""
+    mean, std = STATS[dataset]
+    return -mean / std
 
 
 def normalize(images: torch.Tensor, dataset: str) -> torch.Tensor:

@@ -30,11 +30,14 @@ def training_history(history: List[Dict], path: Path) -> Dict[str, np.ndarray]:
     """1. Loss, accuracy (train and test) and NFE (forward and backward) per epoch."""
     ep = np.array([r["epoch"] for r in history])
     get = lambda k: np.array([r[k] for r in history], dtype=float)  # noqa: E731
+    has_val = all("val_acc" in r for r in history)
+    val_acc = [("val_acc", "validation")] if has_val else []
+    val_loss = [("val_loss", "validation")] if has_val else []
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
         for ax, (title, keys, ylabel) in zip(axes, [
-            ("Loss", [("train_loss", "train"), ("test_loss", "test")], "cross-entropy"),
-            ("Accuracy", [("train_acc", "train"), ("test_acc", "test")], "accuracy"),
+            ("Loss", [("train_loss", "train"), ("test_loss", "test")] + val_loss, "cross-entropy"),
+            ("Accuracy", [("train_acc", "train"), ("test_acc", "test")] + val_acc, "accuracy"),
             ("Function evaluations per batch", [("nfe_forward", "forward"), ("nfe_backward", "backward (adjoint)")],
              "NFE (mean per batch)"),
         ]):
@@ -43,8 +46,10 @@ def training_history(history: List[Dict], path: Path) -> Dict[str, np.ndarray]:
             ax.set(title=title, xlabel="epoch", ylabel=ylabel)
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.legend()
-        best = int(np.argmax(get("test_acc")))
-        axes[1].annotate(f"best {get('test_acc')[best]:.4f}", (ep[best], get("test_acc")[best]),
+        # the mark is chosen by validation accuracy, never by the test set; without validation: the last epoch
+        pick = int(np.argmax(get("val_acc"))) if has_val else len(ep) - 1
+        label = "best by validation" if has_val else "final"
+        axes[1].annotate(f"{label}: test {get('test_acc')[pick]:.4f}", (ep[pick], get("test_acc")[pick]),
                          textcoords="offset points", xytext=(-10, -18), fontsize=8, ha="center")
         _save(fig, path)
     return {k: get(k) for k in ("train_loss", "test_loss", "train_acc", "test_acc", "nfe_forward", "nfe_backward")}

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import figures
-from .checkpoint import atomic_write_text, load_model, resolve_path
+from .checkpoint import atomic_write_text, chosen_by, load_model, resolve_path
 from .data import STATS, Split, class_names, load
 from .errors import OdenetError
 from .model import NeuralODEModel
@@ -158,7 +158,7 @@ def write_report(run: Path, data_dir: Optional[str] = None, device: str = "auto"
     acc = float((data.probs.argmax(1) == data.labels).mean())
     seconds = time.perf_counter() - start
     page = render_html(run, cfg.to_dict(), history, str(model), ck.name, state["epoch"], acc, len(data.labels),
-                       res["latent_space"]["scores"], seconds)
+                       res["latent_space"]["scores"], seconds, chosen_by(ck, cfg))
     out = run / "report.html"
     atomic_write_text(out, page)
     return out
@@ -170,14 +170,16 @@ def _table(rows) -> str:
 
 
 def render_html(run: Path, config: Dict, history: List[Dict], model_print: str, ck_name: str, ck_epoch: int,
-                acc: float, n: int, scores: Dict, seconds: float) -> str:
+                acc: float, n: int, scores: Dict, seconds: float, chosen: str = "") -> str:
     """A self-contained page: images embedded as base64, no external resources."""
     last = history[-1]
-    metrics = [("checkpoint", f"{ck_name} (after epoch {ck_epoch})"), ("test accuracy (checkpoint)", f"{acc:.4f} on {n} images"),
+    val = [("best validation accuracy (chooses best.pt)", "{val_acc:.4f} at epoch {epoch}".format(
+        **max(history, key=lambda r: r["val_acc"])))] if all("val_acc" in r for r in history) else []
+    metrics = [("checkpoint", f"{ck_name} (after epoch {ck_epoch}; {chosen})"), ("test accuracy (checkpoint)", f"{acc:.4f} on {n} images"),
                ("epochs trained", len(history)),
                ("final train loss / acc", f"{last['train_loss']:.4f} / {last['train_acc']:.4f}"),
                ("final test loss / acc", f"{last['test_loss']:.4f} / {last['test_acc']:.4f}"),
-               ("best test accuracy", f"{max(r['test_acc'] for r in history):.4f}"),
+               *val,
                ("NFE forward / backward (last epoch)", f"{last['nfe_forward']:.1f} / {last['nfe_backward']:.1f}"),
                ("seconds per epoch (mean)", f"{np.mean([r['epoch_seconds'] for r in history]):.1f}"),
                ("5-NN accuracy z(0) -> z(T)", f"{scores['z0']['knn_acc']:.3f} -> {scores['zT']['knn_acc']:.3f}"),

@@ -1,10 +1,12 @@
 """Training: the seed's loop (Adam, cross-entropy, adjoint gradients), with run folder, resume and hooks.
 
 Run folder ``<out>/<name>/``: ``config.yaml`` (resolved), ``metrics.jsonl`` (one record per epoch),
-``checkpoints/last.pt`` and ``checkpoints/best.pt``, ``summary.json`` at the end.
+``checkpoints/last.pt`` (and ``checkpoints/best.pt``, chosen on the validation split when there is one),
+``summary.json`` at the end.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import signal
@@ -18,8 +20,8 @@ import torch.nn.functional as F
 import yaml
 
 from . import checkpoint
-from .config import Config, epoch_lr
-from .data import class_names, load
+from .config import Config, step_lr
+from .data import background_value, carve_validation, class_names, load, random_affine
 from .errors import DivergenceError, Interrupted, OdenetError, SolverError
 from .evaluate import run_eval
 from .model import NeuralODEModel
@@ -41,22 +43,46 @@ def build_model(cfg: Config) -> NeuralODEModel:
     return NeuralODEModel(dim=cfg.ode_dim, **cfg.solver_kwargs())
 
 
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam, in its fused single-kernel form where this torch and device support it (3x faster step on CPU)."""
+def make_optimizer(model: torch.nn.Module, lr: float, optimizer: str = "adam",
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam or AdamW, in the fused single-kernel form where this torch and device support it (3x faster on CPU)."""
+    cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    kw = dict(lr=lr, weight_decay=weight_decay)
     try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+        return cls(model.parameters(), fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(model.parameters(), lr=lr)
+        return cls(model.parameters(), **kw)
 
 
-def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+class EMA:
+    """An exponential moving average of a model's weights, kept in a copy used for evaluation.
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` so early averages are not dominated by the
+    random initialisation.
+    """
+
+    def __init__(self, model: NeuralODEModel, decay: float):
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model)
+        self.model.requires_grad_(False)
+        self._src, self._dst = list(model.parameters()), list(self.model.parameters())
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self._dst, self._src, 1.0 - d)
+
+
+def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               label_smoothing: float = 0.0):
     """One optimisation step; returns ``(logits, loss value, forward NFE, backward NFE)``.
 
     Raises ``DivergenceError`` before the update when the loss is not finite.
     """
     model.nfe = 0
     logits = model(x)
-    loss = F.cross_entropy(logits, y)
+    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     nfe_f, model.nfe = model.nfe, 0
     loss_v = loss.item()
     if not math.isfinite(loss_v):
@@ -78,31 +104,43 @@ def _solver_failure(e: BaseException) -> bool:
 
 def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
           hooks: Optional[List[EpochHook]] = None, log: Optional[Callable[[str], None]] = None) -> Dict:
-    """Train ``cfg`` into run folder ``run`` (continuing its ``last.pt`` when ``resume``); return the summary."""
+    """Train ``cfg`` into run folder ``run`` (continuing its ``last.pt`` when ``resume``); return the summary.
+
+    The test set is evaluated and logged every epoch but never chooses anything: ``best.pt`` is written only
+    with a validation split (``cfg.val_size > 0``) and is the epoch of highest validation accuracy.
+    """
     log = log or (lambda msg: print(msg, flush=True))
     cfg.validate()
     if resolve_backend(cfg.solver, cfg.backend) != cfg.backend:
         log(f"note: solver {cfg.solver} is not in the native engine; it runs on the torchdiffeq backend")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    data_dir = cfg.resolved_data_dir()
-    train_set = load(cfg.dataset, data_dir, True, device, cfg.train_subset, cfg.verify_data)
-    test_set = load(cfg.dataset, data_dir, False, device, cfg.test_subset, cfg.verify_data)
+    cfg.data_dir = cfg.resolved_data_dir()  # recorded in config.yaml, so evaluate/report find the same files
+    train_set = load(cfg.dataset, cfg.data_dir, True, device, cfg.train_subset, cfg.verify_data)
+    test_set = load(cfg.dataset, cfg.data_dir, False, device, cfg.test_subset, cfg.verify_data)
+    train_set, val_set = carve_validation(train_set, cfg.val_size, cfg.seed)
+    augment = cfg.aug_rotate > 0 or cfg.aug_translate > 0 or cfg.aug_scale > 0
+    background = background_value(cfg.dataset)
+    n_classes = len(class_names(cfg.dataset))
 
     if cfg.tensorboard:
         _tensorboard_class()  # fail before anything is written
     model = build_model(cfg).to(device)
-    opt = make_optimizer(model, cfg.lr)
+    opt = make_optimizer(model, cfg.lr, cfg.optimizer, cfg.weight_decay)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     shuffle = torch.Generator().manual_seed(cfg.seed)
     history: List[Dict] = []
-    start_epoch, best_acc = 0, -1.0
+    start_epoch, best_val = 0, -1.0
     if resume:
         state = checkpoint.load(str(run / "checkpoints" / "last.pt"))
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("train_model", state["model"]))
+        if ema is not None:
+            ema.model.load_state_dict(state["model"])
+            ema.updates = state.get("ema_updates", 0)
         opt.load_state_dict(state["optimizer"])
         shuffle.set_state(state["rng"]["shuffle"])
         torch.set_rng_state(state["rng"]["torch"])
-        history, start_epoch, best_acc = list(state["history"]), state["epoch"], state["best_acc"]
+        history, start_epoch, best_val = list(state["history"]), state["epoch"], state.get("best_val_acc", -1.0)
         log(f"resuming {run} after epoch {start_epoch}")
     else:
         run.mkdir(parents=True, exist_ok=False)
@@ -117,19 +155,23 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
     try:
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
-            for group in opt.param_groups:
-                group["lr"] = epoch_lr(cfg, epoch)
             t0 = time.perf_counter()
             sums = dict(loss=0.0, correct=0, n=0, nfe_f=0, nfe_b=0)
             bar = _bar(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress)
             for b, (x, y) in enumerate(train_set.batches(cfg.batch_size, shuffle)):
+                for group in opt.param_groups:
+                    group["lr"] = step_lr(cfg, epoch, b, n_batches)
+                if augment:
+                    x = random_affine(x, cfg.aug_rotate, cfg.aug_translate, cfg.aug_scale, background)
                 try:
-                    logits, loss_v, nfe_f, nfe_b = train_step(model, opt, x, y)
+                    logits, loss_v, nfe_f, nfe_b = train_step(model, opt, x, y, cfg.label_smoothing)
                 except (DivergenceError, SolverError, AssertionError) as e:
                     if isinstance(e, AssertionError) and not _solver_failure(e):
                         raise
                     raise DivergenceError(f"training diverged at epoch {epoch + 1}, batch {b + 1}: {e}; "
                                           f"last good checkpoint kept in {run / 'checkpoints'}") from None
+                if ema is not None:
+                    ema.update()
                 if stop.signal:
                     raise KeyboardInterrupt
                 sums["loss"] += loss_v * len(y)
@@ -144,27 +186,34 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
             seconds = time.perf_counter() - t0
             if bar is not None:
                 bar.close()
-            ev = run_eval(model, test_set, cfg.eval_batch_size, len(class_names(cfg.dataset)))
+            eval_model = ema.model if ema is not None else model
             record = {
                 "epoch": epoch + 1,
                 "train_loss": sums["loss"] / sums["n"], "train_acc": sums["correct"] / sums["n"],
-                "test_loss": ev["loss"], "test_acc": ev["acc"],
                 "nfe_forward": sums["nfe_f"] / n_batches, "nfe_backward": sums["nfe_b"] / n_batches,
-                "nfe_test": ev["nfe"], "epoch_seconds": seconds, "images_per_s": sums["n"] / seconds,
-                "eval_seconds": ev["seconds"], "lr": opt.param_groups[0]["lr"],
+                "epoch_seconds": seconds, "images_per_s": sums["n"] / seconds, "lr": opt.param_groups[0]["lr"],
             }
+            if val_set is not None:
+                ev = run_eval(eval_model, val_set, cfg.eval_batch_size, n_classes)
+                record.update(val_loss=ev["loss"], val_acc=ev["acc"])
+            ev = run_eval(eval_model, test_set, cfg.eval_batch_size, n_classes)
+            record.update(test_loss=ev["loss"], test_acc=ev["acc"], nfe_test=ev["nfe"], eval_seconds=ev["seconds"])
             history.append(record)
-            is_best = record["test_acc"] > best_acc
-            best_acc = max(best_acc, record["test_acc"])
-            state = {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "epoch": epoch + 1, "history": history, "best_acc": best_acc,
+            is_best = val_set is not None and record["val_acc"] > best_val
+            if is_best:
+                best_val = record["val_acc"]
+            state = {"config": cfg.to_dict(), "model": eval_model.state_dict(), "optimizer": opt.state_dict(),
+                     "epoch": epoch + 1, "history": history, "best_val_acc": best_val,
                      "rng": {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()}}
+            if ema is not None:
+                state.update(train_model=model.state_dict(), ema_updates=ema.updates)
             checkpoint.save(run / "checkpoints" / "last.pt", state)
             if is_best:
                 checkpoint.save(run / "checkpoints" / "best.pt", state)
             _write_metrics(run, history)
+            val_text = f"val acc {record['val_acc']:.4f}  " if val_set is not None else ""
             log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
-                f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}  "
+                f"{val_text}test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}  "
                 f"NFE fwd {record['nfe_forward']:.1f} bwd {record['nfe_backward']:.1f}  "
                 f"{seconds:.1f}s ({record['images_per_s']:.0f} img/s)")
             if writer is not None:
@@ -183,8 +232,14 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
             writer.close()
 
     summary = {"run": str(run), "epochs": len(history), "device": str(device),
-               "best_test_acc": best_acc, "final": history[-1] if history else None,
+               "final": history[-1] if history else None,
+               "final_test_acc": history[-1]["test_acc"] if history else None,
+               "selection": "best.pt: highest validation accuracy" if val_set is not None else
+                            "none: no validation split, the final model is the run's model",
                "total_train_seconds": sum(r["epoch_seconds"] for r in history)}
+    if val_set is not None and history:
+        best = max(history, key=lambda r: r["val_acc"])
+        summary.update(best_epoch=best["epoch"], best_val_acc=best["val_acc"], test_acc_at_best=best["test_acc"])
     checkpoint.atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -60,6 +60,10 @@ def test_missing_files_without_network_is_one_clear_error(tmp_path, monkeypatch)
     monkeypatch.setattr(data, "_tv_dataset", lambda name: no_network)
     with pytest.raises(OdenetError, match="download failed.*--data-dir"):
         load_split("mnist", str(tmp_path / "empty"), True)
+    # the test split (all that evaluate needs) names its own files, not the training files
+    with pytest.raises(OdenetError, match="t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz") as e:
+        load_split("mnist", str(tmp_path / "empty"), False)
+    assert "train-" not in str(e.value).split("(")[0]
 
 
 def test_read_only_folder_is_not_written(tmp_path):
@@ -127,3 +131,31 @@ def test_unreadable_config_is_one_line_error(tmp_path):
     d.mkdir()  # a folder is not a readable file even for root
     with pytest.raises(OdenetError):
         load_config_file(str(d))
+
+
+def test_random_affine_keeps_shapes_background_and_device():
+    from odenet.data import background_value, random_affine
+
+    bg = background_value("mnist")
+    x = torch.full((16, 1, 28, 28), bg)
+    x[:, :, 10:18, 12:16] = 2.0
+    torch.manual_seed(0)
+    out = random_affine(x, rotate=15, translate=3, scale=0.1, background=bg)
+    assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
+    assert torch.allclose(out[:, :, :3, :], torch.full_like(out[:, :, :3, :], bg), atol=1e-5)  # margins stay background
+    assert not torch.allclose(out, x)  # it moved the digits
+    assert (out[0] != out[1]).any()  # each image gets its own transform
+    ident = random_affine(x, rotate=0, translate=0, scale=0, background=bg)
+    assert torch.allclose(ident, x, atol=1e-5)  # no augmentation: the identity
+    # mass is roughly kept (bilinear resampling of an 8x4 block, zoom up to 10%)
+    mass = ((out - bg).sum((1, 2, 3)) / (x - bg).sum((1, 2, 3)))
+    assert ((mass > 0.75) & (mass < 1.3)).all()
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("val_size", -1, "val-size must be"), ("ema", 1.0, "below 1"), ("optimizer", "sgd", "unknown optimizer"),
+    ("label_smoothing", float("nan"), "label-smoothing must be"), ("aug_rotate", -5, "aug-rotate must be"),
+])
+def test_recipe_settings_are_validated(key, value, msg):
+    with pytest.raises(OdenetError, match=msg):
+        Config(**{key: value}).validate()

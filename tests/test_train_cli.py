@@ -35,9 +35,14 @@ def test_train_writes_run_folder_and_learns(tiny_config):
     assert lines[0]["nfe_forward"] == 8 and lines[0]["nfe_backward"] == 8  # rk4, 2 steps, 4 stages each way
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
     assert lines[-1]["test_acc"] > 0.5  # the synthetic classes are easy; chance is 0.1
-    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert not (run / "checkpoints" / "best.pt").exists()  # no validation split: the test set chooses nothing
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3
-    assert summary["best_test_acc"] == max(r["test_acc"] for r in lines)
+    assert summary["final_test_acc"] == lines[-1]["test_acc"] and "best_epoch" not in summary
+    # the folder the data came from is recorded, so evaluate/report find it without the environment
+    import yaml
+
+    assert yaml.safe_load((run / "config.yaml").read_text())["data_dir"] == cfg.data_dir
 
 
 def test_same_seed_same_epoch_one(tiny_config, tmp_path):
@@ -106,15 +111,17 @@ def test_cli_end_to_end(synth_dir, tmp_path, capsys, monkeypatch):
             "--out", str(out), "--name", "e2e", "--no-verify-data", "--no-report", "--device", "cpu"]
     assert main(args) == 0
     run = out / "e2e"
-    assert "best test accuracy" in capsys.readouterr().out
+    assert "test accuracy after the last epoch" in capsys.readouterr().out
+    monkeypatch.delenv("ODENET_DATA_DIR")  # the run folder remembers where its data came from
     assert main(["evaluate", str(run), "--json", "--device", "cpu"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["n"] == 120 and 0.5 < ev["accuracy"] <= 1 and len(ev["per_class_accuracy"]) == 10
+    assert ev["split"] == "test" and ev["chosen_by"] == "final epoch" and ev["checkpoint"].endswith("last.pt")
     assert ev["nfe_mean"] == 8
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     _digit_png(a, 2, dark_on_light=False)
     _digit_png(b, 7, dark_on_light=True)
-    assert main(["predict", str(run / "checkpoints" / "best.pt"), str(a), str(b), "--json"]) == 0
+    assert main(["predict", str(run / "checkpoints" / "last.pt"), str(a), str(b), "--json"]) == 0
     pred = json.loads(capsys.readouterr().out)
     assert [p["top"][0]["class"] for p in pred] == ["2", "7"]
     assert all(len(p["top"]) == 3 and abs(sum(t["probability"] for t in p["top"]) - 1) < 0.5 for p in pred)
@@ -123,8 +130,8 @@ def test_cli_end_to_end(synth_dir, tmp_path, capsys, monkeypatch):
     assert main(args) == 1
     assert "already exists" in capsys.readouterr().err
     assert (run / "metrics.jsonl").read_bytes() == before
-    # resume extends it
-    assert main(["train", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 0
+    # resume extends it; switches that do not change training are allowed
+    assert main(["train", "--resume", str(run), "--epochs", "4", "--no-progress", "--no-report"]) == 0
     capsys.readouterr()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
 
@@ -148,7 +155,7 @@ def test_cli_bad_input_one_line_error(argv, msg, capsys, tmp_path, monkeypatch):
 def test_cli_bad_files(tmp_path, capsys, tiny_config):
     cfg = _fast(tiny_config, name="m")
     train(cfg, Path(cfg.out) / "m", progress=False, log=lambda m: None)
-    ck = Path(cfg.out) / "m" / "checkpoints" / "best.pt"
+    ck = Path(cfg.out) / "m" / "checkpoints" / "last.pt"
     text = tmp_path / "note.png"
     text.write_text("hello")
     assert main(["predict", str(ck), str(text)]) == 1
@@ -235,3 +242,48 @@ def test_torchdiffeq_only_solver_trains_with_a_note(tiny_config):
     notes = []
     train(cfg, Path(cfg.out) / "d8", progress=False, log=notes.append)
     assert any("torchdiffeq backend" in n for n in notes)
+
+
+def test_validation_split_chooses_best_and_is_never_trained_on(tiny_config):
+    from odenet.data import carve_validation, load
+
+    split = load("mnist", tiny_config.data_dir, True, torch.device("cpu"), verify=False)
+    tr, val = carve_validation(split, 64, seed=3)
+    tr2, val2 = carve_validation(split, 64, seed=3)
+    assert len(val) == 64 and len(tr) == len(split) - 64
+    assert torch.equal(val.x, val2.x) and torch.equal(tr.y, tr2.y)  # reproducible from the seed
+    rows = lambda s: {tuple(r.flatten().tolist()[:200]) for r in s.x}  # noqa: E731
+    assert not rows(tr) & rows(val)  # disjoint (the synthetic images are all distinct)
+    assert rows(tr) | rows(val) == rows(split)
+    assert not torch.equal(carve_validation(split, 64, seed=4)[1].y, val.y)
+    with pytest.raises(OdenetError, match="leaves no training images"):
+        carve_validation(split, len(split), seed=0)
+
+    cfg = _fast(tiny_config, name="val", epochs=3, lr=3e-3, val_size=64)
+    run = Path(cfg.out) / "val"
+    summary = train(cfg, run, progress=False, log=lambda m: None)
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    best = max(lines, key=lambda r: r["val_acc"])
+    assert summary["best_epoch"] == best["epoch"] and summary["best_val_acc"] == best["val_acc"]
+    assert checkpoint.load(str(run / "checkpoints" / "best.pt"))["epoch"] == best["epoch"]
+    assert checkpoint.resolve_path(str(run)).name == "best.pt"
+    assert lines[0]["train_acc"] * (len(split) - 64) == pytest.approx(round(lines[0]["train_acc"] * (len(split) - 64)))
+
+
+def test_recipe_levers_train_and_resume_identically(tiny_config):
+    """Augmentation, label smoothing, AdamW, warm-up and EMA together; a resumed run matches an unbroken one."""
+    kw = dict(optimizer="adamw", weight_decay=0.05, warmup_epochs=1, label_smoothing=0.1, ema=0.9,
+              aug_rotate=10, aug_translate=2, aug_scale=0.1, lr=3e-3)
+    full = _fast(tiny_config, name="full", epochs=2, **kw)
+    train(full, Path(full.out) / "full", progress=False, log=lambda m: None)
+    part = _fast(tiny_config, name="part", epochs=1, **kw)
+    train(part, Path(part.out) / "part", progress=False, log=lambda m: None)
+    part.epochs = 2
+    train(part, Path(part.out) / "part", resume=True, progress=False, log=lambda m: None)
+    a = checkpoint.load(str(Path(full.out) / "full" / "checkpoints" / "last.pt"))
+    b = checkpoint.load(str(Path(part.out) / "part" / "checkpoints" / "last.pt"))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    # the evaluated (EMA) weights differ from the trained ones, and lag behind them
+    assert any(not torch.equal(a["model"][k], a["train_model"][k]) for k in a["model"])
+    assert a["history"][-1]["lr"] == pytest.approx(3e-3 * 0.5 * (1 + np.cos(np.pi / 2)))
