@@ -1,0 +1,305 @@
+"""``odenet.ode.odeint`` keeps torchdiffeq's contract: each case gives torchdiffeq's answer or a clear SolverError."""
+import math
+
+import pytest
+import torch
+import torchdiffeq
+from torch import nn
+
+from odenet.errors import SolverError
+from odenet.ode import odeint, odeint_adjoint
+
+ADAPTIVE = ["dopri5", "bosh3", "adaptive_heun"]
+FIXED = ["euler", "midpoint", "rk4", "heun3"]
+
+
+class Sine(nn.Module):
+    """dy/dt = cos(t) y (non-autonomous): y(t) = y0 exp(sin t - sin t0). Uses ``t`` as a tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.nfe = 0
+        self.t_types = set()
+
+    def forward(self, t, y):
+        self.nfe += 1
+        self.t_types.add((type(t).__name__, t.dim(), t.dtype, t.device.type))
+        return torch.cos(t).expand(y.shape) * y
+
+    @staticmethod
+    def exact(y0, t0, t):
+        return y0 * math.exp(math.sin(t) - math.sin(t0))
+
+
+# --- known solutions per method and dtype ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ADAPTIVE + FIXED)
+def test_known_solutions(method, dtype):
+    y0 = torch.tensor([[1.0, -2.0, 0.5]], dtype=dtype)
+    t = torch.tensor([0.0, 0.7, 1.5], dtype=dtype)
+    tight = dtype == torch.float64
+    kw = dict(method=method, rtol=1e-8 if tight else 1e-6, atol=1e-10 if tight else 1e-8,
+              options={"step_size": 0.01})
+    tol = 2e-2 if method == "euler" else (2e-5 if tight else 2e-4)  # euler: first order at step 0.01
+    # constant: dy/dt = 2
+    ys = odeint(lambda t_, y: torch.full_like(y, 2.0), y0, t, **kw)
+    assert ys.dtype == dtype and ys.shape == (3, 1, 3)
+    assert torch.allclose(ys[-1], y0 + 3.0, atol=tol * 10)
+    # linear: dy/dt = -y
+    ys = odeint(lambda t_, y: -y, y0, t, **kw)
+    assert torch.allclose(ys[-1], y0 * math.exp(-1.5), rtol=tol, atol=tol)
+    # sine: dy/dt = cos(t) y, with t a tensor inside func
+    f = Sine()
+    ys = odeint(f, y0, t, **kw)
+    assert torch.allclose(ys[1], Sine.exact(y0, 0.0, 0.7), rtol=tol, atol=tol)
+    assert torch.allclose(ys[2], Sine.exact(y0, 0.0, 1.5), rtol=tol, atol=tol)
+    assert f.t_types == {("Tensor", 0, dtype, "cpu")}
+
+
+@pytest.mark.parametrize("method", ADAPTIVE + FIXED)
+def test_matches_torchdiffeq_with_time_dependent_func(method):
+    y0 = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.linspace(0.0, 2.0, 7, dtype=torch.float64)
+    kw = dict(method=method, rtol=1e-6, atol=1e-8, options={"step_size": 0.05} if method in FIXED else None)
+    ours = odeint(Sine(), y0, t, **kw)
+    ref = torchdiffeq.odeint(Sine(), y0, t, **kw)
+    if method in FIXED:  # the same grid and steps
+        assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-14), (ours - ref).abs().max()
+    else:  # the same controller; the last step differs (odenet lands on t[-1]): as close to the exact solution
+        exact = torch.stack([Sine.exact(y0, 0.0, float(x)) for x in t])
+        assert (ours - exact).abs().max() <= 2 * (ref - exact).abs().max() + 1e-10
+
+
+# --- gradients ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("adjoint", [False, True])
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_gradient_with_respect_to_times(method, adjoint):
+    """y(t) = y0 exp(sin t - sin t0): dL/dT = cos(T) y(T), dL/dt0 = -cos(t0) y(T) for L = sum y(T)."""
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    t = torch.tensor([0.3, 1.1, 2.0], dtype=torch.float64, requires_grad=True)
+    ys = odeint(Sine(), y0, t, method=method, rtol=1e-10, atol=1e-12, options={"step_size": 1e-3},
+                adjoint=adjoint)
+    ys[-1].sum().backward()
+    yT = Sine.exact(y0, 0.3, 2.0).sum().item()
+    expected = torch.tensor([-math.cos(0.3) * yT, 0.0, math.cos(2.0) * yT], dtype=torch.float64)
+    assert torch.allclose(t.grad, expected, rtol=1e-6, atol=1e-8), (t.grad, expected)
+    # against torchdiffeq's adaptive solver's time gradient, on a loss that uses the middle output too.
+    # (torchdiffeq's fixed-grid direct gradient differentiates its grid instead: 0 for an output time that
+    # lies on the grid. odenet gives every method the gradient of the exact solution.)
+    t.grad = None
+    y0g = y0.clone().requires_grad_(True)
+    loss = lambda ys_: (ys_[1] ** 2).sum() + ys_[2].sin().sum()  # noqa: E731
+    loss(odeint(Sine(), y0g, t, method=method, rtol=1e-10, atol=1e-12, options={"step_size": 1e-3},
+                adjoint=adjoint)).backward()
+    ours = torch.cat([t.grad, y0g.grad])
+    t2 = t.detach().clone().requires_grad_(True)
+    y02 = y0.clone().requires_grad_(True)
+    loss(torchdiffeq.odeint(Sine(), y02, t2, method="dopri5", rtol=1e-10, atol=1e-12)).backward()
+    assert torch.allclose(ours, torch.cat([t2.grad, y02.grad]), rtol=1e-5, atol=1e-7)
+
+
+def test_gradcheck_y0_and_parameters_direct_and_adjoint():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    func = lambda t_, y: net(y)  # noqa: E731
+    y0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    w = net[0].weight
+
+    def direct(y0_, w_):
+        with torch.no_grad():
+            w.copy_(w_.detach())
+        return odeint(func, y0_, [0.0, 0.5, 1.0], method="rk4", options={"step_size": 0.1})
+
+    assert torch.autograd.gradcheck(lambda y: odeint(func, y, [0.0, 0.5, 1.0], method="rk4",
+                                                     options={"step_size": 0.1}), (y0,))
+    # parameters: the adjoint's gradient equals direct backprop's (exact discrete) to the adjoint's accuracy
+    for adj in (False, True):
+        net.zero_grad()
+        y0c = y0.detach().clone().requires_grad_(True)
+        ys = odeint(net_module(net), y0c, [0.0, 0.5, 1.0], method="dopri5", rtol=1e-10, atol=1e-12, adjoint=adj)
+        (ys ** 2).sum().backward()
+        g = torch.cat([y0c.grad.flatten()] + [p.grad.flatten() for p in net.parameters()])
+        if adj:
+            assert torch.allclose(g, g_direct, rtol=1e-6, atol=1e-8)
+        else:
+            g_direct = g
+    assert direct is not None
+
+
+def net_module(net):
+    class F(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, t, y):
+            return self.net(y)
+
+    return F()
+
+
+def test_params_without_requires_grad_are_filtered():
+    f = net_module(nn.Linear(3, 3).double())
+    frozen = torch.ones(3, dtype=torch.float64)  # requires_grad False
+    y0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    ys = odeint_adjoint(f, y0, [0.0, 1.0], adjoint_params=list(f.parameters()) + [frozen])
+    ys[-1].sum().backward()
+    assert y0.grad is not None and f.net.weight.grad is not None and frozen.grad is None
+
+
+# --- dtypes and states -------------------------------------------------------------------------------------------
+
+def test_integer_y0_is_refused():
+    with pytest.raises(SolverError, match="floating-point or complex"):
+        odeint(lambda t, y: y, torch.ones(3, dtype=torch.int64), [0.0, 1.0], method="rk4",
+               options={"step_size": 0.1})
+
+
+def test_func_output_is_cast_to_the_state_dtype():
+    y0 = torch.ones(2, 3, dtype=torch.float32)
+    ys = odeint(lambda t, y: -y.double(), y0, [0.0, 1.0], method="rk4", options={"step_size": 0.01})
+    assert ys.dtype == torch.float32 and torch.allclose(ys[-1], y0 * math.exp(-1), rtol=1e-5)
+
+
+def test_tuple_state():
+    """Harmonic oscillator as (x, v): x = cos t, v = -sin t; gradients reach both parts."""
+    x0 = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    v0 = torch.tensor([0.0], dtype=torch.float64, requires_grad=True)
+    for adjoint in (False, True):
+        xs, vs = odeint(lambda t, s: (s[1], -s[0]), (x0, v0), torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64),
+                        adjoint=adjoint)
+        assert xs.shape == (3, 1) and vs.shape == (3, 1)
+        assert torch.allclose(xs[:, 0], torch.cos(torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)), atol=1e-6)
+        assert torch.allclose(vs[-1], -torch.tensor([math.sin(2.0)], dtype=torch.float64), atol=1e-6)
+        x0.grad = v0.grad = None
+        xs[-1].sum().backward()
+        assert torch.allclose(x0.grad, torch.tensor([math.cos(2.0)], dtype=torch.float64), atol=1e-6)
+        assert torch.allclose(v0.grad, torch.tensor([math.sin(2.0)], dtype=torch.float64), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "rk4"])
+def test_complex_state(method):
+    y0 = torch.tensor([1.0 + 0.5j, -0.3j], dtype=torch.complex128)
+    t = torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64)
+    kw = dict(method=method, rtol=1e-9, atol=1e-11, options={"step_size": 0.01} if method == "rk4" else None)
+    ys = odeint(lambda t_, y: 1j * y, y0, t, **kw)
+    assert ys.dtype == torch.complex128
+    assert torch.allclose(ys[-1], y0 * complex(math.cos(3.0), math.sin(3.0)), atol=1e-7)
+    assert torch.allclose(ys, torchdiffeq.odeint(lambda t_, y: 1j * y, y0, t, **kw), atol=1e-8)
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_decreasing_times(adjoint):
+    y0 = torch.tensor([1.0, 3.0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)
+    ys = odeint(Sine(), y0, t, rtol=1e-10, atol=1e-12, adjoint=adjoint)
+    assert torch.allclose(ys[-1], Sine.exact(y0.detach(), 2.0, 0.0), rtol=1e-7)
+    ref = torchdiffeq.odeint(Sine(), y0.detach(), t, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(ys.detach(), ref, rtol=1e-7)
+    ys[-1].sum().backward()
+    assert torch.allclose(y0.grad, torch.full((2,), math.exp(math.sin(0.0) - math.sin(2.0)), dtype=torch.float64),
+                          rtol=1e-6)
+
+
+# --- time grids, limits, dense output ----------------------------------------------------------------------------
+
+def test_tiny_intervals_solve_without_underflow():
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    ys = odeint(lambda t, y: -y, y0, torch.tensor([0.0, 1e-13], dtype=torch.float64))
+    assert torch.allclose(ys[-1], y0 * math.exp(-1e-13), rtol=0, atol=1e-15)
+    # an output time within 1e-12 of another one
+    t = torch.tensor([0.0, 0.5, 0.5 + 1e-13, 1.0], dtype=torch.float64)
+    ys = odeint(lambda t_, y: -y, y0, t)
+    assert torch.allclose(ys[:, 0], torch.exp(-t), rtol=1e-6)
+
+
+def test_no_default_step_limit():
+    """cos(50 t) on [0, 60] at rtol 1e-8 takes over 10,000 steps; like torchdiffeq, no limit unless one is set."""
+    y0 = torch.zeros(1, dtype=torch.float64)
+    steps = {"n": 0}
+
+    def f(t, y):
+        steps["n"] += 1
+        return torch.cos(50 * t).reshape(1)
+
+    ys = odeint(f, y0, torch.tensor([0.0, 60.0], dtype=torch.float64), rtol=1e-8, atol=1e-10)
+    assert steps["n"] > 6 * 10_000  # dopri5: 6 evaluations a step
+    assert abs(ys[-1].item() - math.sin(3000.0) / 50) < 1e-7
+    with pytest.raises(SolverError, match="max_steps"):
+        odeint(f, y0, [0.0, 60.0], options={"max_num_steps": 100})
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3"])
+def test_dense_output_matches_torchdiffeq_at_no_extra_cost(method):
+    torch.manual_seed(1)
+    f = net_module(nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 4)).double())
+    counter = {"n": 0}
+
+    def func(t, y):
+        counter["n"] += 1
+        return f(t, y)
+
+    y0 = torch.randn(3, 4, dtype=torch.float64)
+    many = torch.linspace(0.0, 2.0, 50, dtype=torch.float64)
+    with torch.no_grad():
+        ours = odeint(func, y0, many, method=method, rtol=1e-6, atol=1e-8)
+        n_many = counter["n"]
+        counter["n"] = 0
+        two = odeint(func, y0, many[[0, -1]], method=method, rtol=1e-6, atol=1e-8)
+        n_two = counter["n"]
+        counter["n"] = 0
+        ref = torchdiffeq.odeint(func, y0, many, method=method, rtol=1e-6, atol=1e-8)
+        n_ref = counter["n"]
+    assert n_many == n_two  # dense output: no step is forced onto the 48 inner times
+    assert n_many <= n_ref  # torchdiffeq overshoots the end and interpolates back; odenet lands on it
+    assert torch.equal(ours[-1], two[-1])
+    # as close to the exact solution as torchdiffeq's
+    with torch.no_grad():
+        exact = torchdiffeq.odeint(func, y0, many, rtol=1e-13, atol=1e-13)
+    assert (ours - exact).abs().max() <= 1.5 * (ref - exact).abs().max() + 1e-12
+    # the same controller and interpolant: until the last step (which odenet shortens to end on t[-1] while
+    # torchdiffeq overshoots it; here it starts after t = 1.1) the values agree to rounding
+    inner = many < 1.1
+    assert torch.allclose(ours[inner], ref[inner], rtol=1e-10, atol=1e-12), (ours - ref)[inner].abs().max()
+
+
+def test_fixed_grid_that_does_not_divide_output_times():
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 0.25, 0.5], dtype=torch.float64)
+    for method in FIXED:
+        ours = odeint(lambda t_, y: -y, y0, t, method=method, options={"step_size": 0.1})
+        ref = torchdiffeq.odeint(lambda t_, y: -y, y0, t, method=method, options={"step_size": 0.1})
+        assert torch.allclose(ours, ref, rtol=1e-12), (method, ours, ref)
+    # without a step size a fixed-step method steps on t itself (torchdiffeq's rule)
+    ours = odeint(lambda t_, y: -y, y0, t, method="euler")
+    assert torch.allclose(ours[:, 0], torch.tensor([1.0, 0.75, 0.5625], dtype=torch.float64))
+
+
+# --- bad input: one clear line each -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call,msg", [
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], method="rk4", options={"step_size": math.inf}),
+     "step_size must be a positive finite"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], method="rk4", options={"step_size": math.nan}),
+     "step_size must be a positive finite"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], method="rk4", options={"step_size": 0}),
+     "step_size must be a positive finite"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, math.nan]), "finite times"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0, 1.0]), "strictly increasing or strictly decreasing"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), torch.tensor([0, 1])), "floating-point tensor"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), torch.zeros(2, 2)), "one-dimensional"),
+    (lambda: odeint(lambda t, y: y, [1.0, 2.0], [0.0, 1.0]), "tuple y0 must hold tensors"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], rtol=-1.0), "rtol must be a finite number >= 0"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], options={"perturb": True}), "perturb"),
+    (lambda: odeint(lambda t, y: y[:1], torch.ones(2), [0.0, 1.0]), "func returned shape"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], method="magic"), "unknown solver"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2, dtype=torch.complex64), [0.0, 1.0], adjoint=True,
+                    adjoint_params=[nn.Parameter(torch.ones(1))]), "complex states with adjoint"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], options={"max_num_steps": 0}), "max_num_steps"),
+])
+def test_bad_input_is_one_line_solver_error(call, msg):
+    with pytest.raises(SolverError, match=msg) as e:
+        call()
+    assert len(str(e.value).splitlines()) == 1
