@@ -1,6 +1,6 @@
 """The reference: the seed's model written plainly with torchdiffeq, as a user would (for ``odenet bench speed``).
 
-torchvision dataset + DataLoader batches, ``torchdiffeq.odeint_adjoint`` with dopri5, Adam. Nothing here
+torchvision dataset + DataLoader batches (or the whole set as one tensor, ``tensor_batches``), ``torchdiffeq.odeint_adjoint`` with dopri5, Adam. Nothing here
 uses odenet's engine or data path; only the model print is shared, so both train the same network.
 """
 from __future__ import annotations
@@ -55,6 +55,17 @@ def train_loader(root: str, batch_size: int = 64) -> torch.utils.data.DataLoader
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     ds = datasets.MNIST(root, train=True, download=True, transform=tf)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True)
+
+
+def tensor_batches(root: str, batch_size: int = 64, device: torch.device = torch.device("cpu")):
+    """MNIST kept as one normalized tensor on ``device`` (no DataLoader), shuffled batches forever: the faster
+    plain script (``root`` must be writable)."""
+    ds = datasets.MNIST(root, train=True, download=True)
+    x = ds.data.float().div(255).sub(0.1307).div(0.3081).unsqueeze(1).to(device)
+    y = ds.targets.to(device)
+    while True:
+        for idx in torch.randperm(len(y), device=device).split(batch_size):
+            yield x[idx], y[idx]
 
 
 def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):

@@ -77,6 +77,10 @@ def chosen_by(path: Path, cfg: Config) -> str:
         return f"highest accuracy on a {cfg.val_size}-image validation split"
     if Path(path).name == "last.pt":
         return "final epoch"
+    from .shipped import SHIPPED
+
+    if Path(path).resolve() == SHIPPED:
+        return "the shipped model: final epoch of its recipe"
     return "as given"
 
 

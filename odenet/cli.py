@@ -1,4 +1,4 @@
-"""The ``odenet`` command: train, evaluate, predict, report, bench."""
+"""The ``odenet`` command: train, evaluate, predict, demo, report, bench."""
 from __future__ import annotations
 
 import argparse
@@ -80,18 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
 
-    p = sub.add_parser("evaluate", help="test accuracy, loss, NFE and per-class accuracy of a run or checkpoint")
-    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    model_help = ("run folder (its best.pt if chosen on a validation split, else last.pt) or checkpoint file; "
+                  "default: the trained model shipped with odenet")
+    p = sub.add_parser("evaluate", help="test accuracy, loss, NFE and per-class accuracy of a model")
+    p.add_argument("--model", metavar="RUN_DIR|CHECKPOINT", help=model_help)
     p.add_argument("--data-dir", help="dataset folder (default: the run's, else $ODENET_DATA_DIR or the cache)")
     p.add_argument("--batch-size", type=int, default=1000, help="batch size (default: 1000)")
     p.add_argument("--test-subset", type=int, default=None, help="evaluate a fixed random subset")
     _add_common_eval(p)
 
-    p = sub.add_parser("predict", help="classify your own images (top-3 classes)")
-    p.add_argument("target", metavar="CHECKPOINT|RUN_DIR")
+    p = sub.add_parser("predict", help="classify your own images: photos, scans or drawings (top-3 classes)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", metavar="RUN_DIR|CHECKPOINT", help=model_help)
     p.add_argument("--top", type=int, default=3, help="how many classes to show (default: 3)")
     _add_common_eval(p)
+
+    p = sub.add_parser("demo", help="a web page: draw or upload a digit and watch it flow through the ODE",
+                       description="Serve the demo page (needs: pip install 'odenet-mnist[demo]').")
+    p.add_argument("--model", metavar="RUN_DIR|CHECKPOINT", help=model_help)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--share", action="store_true", help="also ask Gradio for a public share link")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
 
     p = sub.add_parser("report", help="six figures and report.html for a run")
     p.add_argument("run", metavar="RUN_DIR")
@@ -163,12 +173,13 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .checkpoint import chosen_by, load_model, resolve_path
+    from .shipped import model_path
     from .data import class_names, load
     from .evaluate import run_eval
     from .train import resolve_device
 
     device = resolve_device(args.device)
-    ck_path = resolve_path(args.target)
+    ck_path = resolve_path(model_path(args.model))
     model, cfg, state = load_model(str(ck_path), device)
     split = load(cfg.dataset, cfg.resolved_data_dir(args.data_dir), False, device, args.test_subset, cfg.verify_data)
     names = class_names(cfg.dataset)
@@ -189,12 +200,14 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from .checkpoint import load_model
     from .data import class_names
-    from .evaluate import predict, prepare_image
+    from .evaluate import predict
+    from .preprocess import prepare_image
+    from .shipped import model_path
     from .train import resolve_device
 
     if args.top < 1 or args.top > 10:
         raise OdenetError("--top must be between 1 and 10")
-    model, cfg, _ = load_model(args.target, resolve_device(args.device))
+    model, cfg, _ = load_model(model_path(args.model), resolve_device(args.device))
     images = [prepare_image(p) for p in args.images]
     names = class_names(cfg.dataset)
     results = predict(model, images, cfg.dataset, args.top)
@@ -204,6 +217,17 @@ def cmd_predict(args) -> int:
     else:
         for p, r in zip(args.images, results):
             print(f"{p}: " + ", ".join(f"{names[c]} {q:.3f}" for c, q in r))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .shipped import model_path
+
+    try:
+        from .demo import serve
+    except ImportError as e:
+        raise OdenetError(f"the demo needs the demo extra ({e.name} is missing): pip install 'odenet-mnist[demo]'") from None
+    serve(model_path(args.model), host=args.host, port=args.port, share=args.share, device=args.device)
     return 0
 
 
@@ -218,7 +242,8 @@ def cmd_report(args) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report}
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report,
+                "demo": cmd_demo}
     try:
         if args.command == "bench":
             from . import bench

@@ -56,5 +56,5 @@ def test_bench_speed_tiny(tmp_path, capsys):
                  "--device", "cpu", "--data-dir", str(real_data_dir())]) == 0
     res = json.loads((out / "speed.json").read_text())["tables"]
     rows = next(iter(res.values()))
-    assert len(rows) == 5 and rows[0]["speed-up"] == 1.0
+    assert len(rows) == 6 and max(r["speed-up"] for r in rows[:2]) == 1.0  # against the faster plain script
     assert all(r["ms/batch (median)"] > 0 and r["NFE fwd"] >= 8 for r in rows)

@@ -113,7 +113,7 @@ def test_cli_end_to_end(synth_dir, tmp_path, capsys, monkeypatch):
     run = out / "e2e"
     assert "test accuracy after the last epoch" in capsys.readouterr().out
     monkeypatch.delenv("ODENET_DATA_DIR")  # the run folder remembers where its data came from
-    assert main(["evaluate", str(run), "--json", "--device", "cpu"]) == 0
+    assert main(["evaluate", "--model", str(run), "--json", "--device", "cpu"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["n"] == 120 and 0.5 < ev["accuracy"] <= 1 and len(ev["per_class_accuracy"]) == 10
     assert ev["split"] == "test" and ev["chosen_by"] == "final epoch" and ev["checkpoint"].endswith("last.pt")
@@ -121,7 +121,7 @@ def test_cli_end_to_end(synth_dir, tmp_path, capsys, monkeypatch):
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     _digit_png(a, 2, dark_on_light=False)
     _digit_png(b, 7, dark_on_light=True)
-    assert main(["predict", str(run / "checkpoints" / "last.pt"), str(a), str(b), "--json"]) == 0
+    assert main(["predict", str(a), str(b), "--model", str(run / "checkpoints" / "last.pt"), "--json"]) == 0
     pred = json.loads(capsys.readouterr().out)
     assert [p["top"][0]["class"] for p in pred] == ["2", "7"]
     assert all(len(p["top"]) == 3 and abs(sum(t["probability"] for t in p["top"]) - 1) < 0.5 for p in pred)
@@ -141,7 +141,7 @@ def test_cli_end_to_end(synth_dir, tmp_path, capsys, monkeypatch):
     (["train", "--rtol", "-1"], "rtol must be a positive"),
     (["train", "--epochs", "0"], "epochs must be a positive"),
     (["train", "--resume", "nowhere"], "not a resumable run folder"),
-    (["evaluate", "missing-run"], "no such run folder"),
+    (["evaluate", "--model", "missing-run"], "no such run folder"),
     (["train", "--config", "missing.yaml"], "config file not found"),
 ])
 def test_cli_bad_input_one_line_error(argv, msg, capsys, tmp_path, monkeypatch):
@@ -158,11 +158,11 @@ def test_cli_bad_files(tmp_path, capsys, tiny_config):
     ck = Path(cfg.out) / "m" / "checkpoints" / "last.pt"
     text = tmp_path / "note.png"
     text.write_text("hello")
-    assert main(["predict", str(ck), str(text)]) == 1
+    assert main(["predict", str(text), "--model", str(ck)]) == 1
     assert "not a readable image" in capsys.readouterr().err
-    assert main(["predict", str(text), str(text)]) == 1
+    assert main(["predict", str(text), "--model", str(text)]) == 1
     assert "not a readable odenet checkpoint" in capsys.readouterr().err
-    assert main(["evaluate", str(ck), "--data-dir", str(tmp_path / "nodata")]) == 1
+    assert main(["evaluate", "--model", str(ck), "--data-dir", str(tmp_path / "nodata")]) == 1
     assert "download failed" in capsys.readouterr().err or "not found" in capsys.readouterr().err
 
 
@@ -232,7 +232,7 @@ def test_fashion_mnist_and_config_precedence(tmp_path, capsys, monkeypatch):
     saved = yaml.safe_load((tmp_path / "runs" / "f" / "config.yaml").read_text())
     assert (saved["solver"], saved["step_size"], saved["epochs"], saved["lr"]) == ("euler", 0.5, 1, 0.002)
     capsys.readouterr()
-    assert main(["evaluate", "runs/f", "--json", "--device", "cpu"]) == 0
+    assert main(["evaluate", "--model", "runs/f", "--json", "--device", "cpu"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["dataset"] == "fashion-mnist" and "Ankle boot" in ev["per_class_accuracy"]
 

@@ -1,0 +1,251 @@
+"""``odenet demo``: one web page (Gradio) to draw or upload a digit and watch it flow through the ODE.
+
+The page shows what the model sees (``odenet.preprocess``, the same function as ``odenet predict``), the
+probabilities of the ten classes, the NFE and time of the prediction, the decision along the flow (the
+classifier applied to z(t) for t in [0, T]) and the digit's path over the PCA map of test digits' paths, with
+solver controls applied at once. Every handler turns bad input into a message on the page, never a traceback.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .data import class_names, normalize
+from .errors import OdenetError
+from .flow import Flow, FlowMap, decision_along_flow
+from .model import NeuralODEModel
+from .ode import NATIVE_METHODS, is_adaptive
+
+HINT = "Draw a digit on the pad, or upload a photo or scan of one."
+SOLVERS = [m for m in ("dopri5", "bosh3", "adaptive_heun", "rk4", "midpoint", "euler", "heun3") if m in NATIVE_METHODS]
+log = logging.getLogger("odenet.demo")
+
+
+class Predictor:
+    """The model, its class names and flow map, and the rendering of one prediction (no Gradio inside)."""
+
+    def __init__(self, model: NeuralODEModel, dataset: str, fmap: Optional[FlowMap]):
+        self.model, self.dataset, self.fmap = model.eval(), dataset, fmap
+        self.names = class_names(dataset)
+        self.device = next(model.parameters()).device
+        self._background = None
+
+    def flow(self, image: np.ndarray, solver: str, rtol: float, atol: float, step: float, t_end: float) -> Flow:
+        """The flow of a 28x28 uint8 image under the given solver settings."""
+        if solver not in SOLVERS:
+            raise OdenetError(f"unknown solver {solver!r}")
+        for name, v in (("rtol", rtol), ("atol", atol), ("step size", step), ("T", t_end)):
+            if v is None or not np.isfinite(v) or v <= 0:
+                raise OdenetError(f"{name} must be a positive number")
+        x = normalize(torch.from_numpy(image[None]), self.dataset).to(self.device)
+        kw = dict(method=solver, rtol=rtol, atol=atol, step_size=None if is_adaptive(solver) else step)
+        if not is_adaptive(solver) and t_end / step > 10_000:
+            raise OdenetError("step size too small for this T (more than 10,000 steps)")
+        return decision_along_flow(self.model, x, t_end=t_end, max_steps=10_000, **kw)
+
+    def probabilities(self, flow: Flow) -> Dict[str, float]:
+        return {n: float(p) for n, p in zip(self.names, flow.final)}
+
+    def flow_figure(self, flow: Flow):
+        """Each class's probability along t (the classifier applied to z(t))."""
+        import matplotlib.pyplot as plt
+
+        from .figures import COLORS
+
+        fig, ax = plt.subplots(figsize=(5.2, 3.2), dpi=80)
+        order = np.argsort(-flow.final)
+        for c in range(len(self.names)):
+            strong = c in order[:3]
+            ax.plot(flow.ts, flow.probs[:, c], color=COLORS[c % 10], lw=2.2 if strong else 1.0,
+                    alpha=1.0 if strong else 0.45, label=self.names[c])
+        ax.set(xlabel="t", ylabel="probability", ylim=(-0.02, 1.02), xlim=(flow.ts[0], flow.ts[-1]),
+               title="Decision along the flow: classifier(z(t))")
+        ax.grid(alpha=0.25)
+        ax.legend(ncol=5, fontsize=7, loc="upper left", frameon=False)
+        fig.tight_layout()
+        return fig
+
+    def path_figure(self, flow: Flow):
+        """This digit's path z(t) over the map of test digits' paths (coloured by class)."""
+        import matplotlib.pyplot as plt
+
+        from .figures import COLORS
+
+        fig, ax = plt.subplots(figsize=(5.2, 4.2), dpi=80)
+        if self.fmap is None:
+            ax.text(0.5, 0.5, "no map of test digits for this model", ha="center", va="center")
+            ax.axis("off")
+            return fig
+        fm = self.fmap
+        from matplotlib.collections import LineCollection
+
+        segs = np.transpose(fm.paths, (1, 0, 2))
+        ax.add_collection(LineCollection(segs, colors=[COLORS[int(c) % 10] for c in fm.labels], alpha=0.18, lw=0.8))
+        for c in np.unique(fm.labels):
+            end = fm.paths[-1, fm.labels == c].mean(0)
+            ax.text(end[0], end[1], self.names[int(c)][:6], color=COLORS[int(c) % 10], fontsize=9, weight="bold",
+                    ha="center", va="center")
+        p = fm.project(flow.z)
+        ax.plot(p[:, 0], p[:, 1], color="black", lw=2.4)
+        ax.scatter([p[0, 0]], [p[0, 1]], s=40, facecolors="white", edgecolors="black", zorder=3, label="z(0)")
+        ax.scatter([p[-1, 0]], [p[-1, 1]], s=70, marker="X", color="black", zorder=3, label="z(T)")
+        ax.autoscale()
+        ax.set(title="The path: this digit over test digits' paths (PCA)", xticks=[], yticks=[],
+               xlabel=f"PC 1 ({fm.explained[0]:.0%})", ylabel=f"PC 2 ({fm.explained[1]:.0%})")
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    def summary(self, flow: Flow, solver: str) -> str:
+        top = int(np.argmax(flow.final))
+        return (f"**{self.names[top]}** with probability {flow.final[top]:.3f} · {flow.nfe} function evaluations · "
+                f"{flow.ms:.0f} ms · solver {solver}, T = {flow.ts[-1]:g}")
+
+
+def load_predictor(model_ref: str, device: str = "cpu") -> Predictor:
+    """A run folder or checkpoint (the shipped one included) -> Predictor with its flow map."""
+    from .checkpoint import load, load_model, resolve_path
+    from .data import load as load_split
+    from .flow import cached_flow_map
+    from .train import resolve_device
+
+    dev = resolve_device(device)
+    path = resolve_path(model_ref)
+    model, cfg, _ = load_model(str(path), dev)
+    state = load(str(path))
+    fmap = None
+    if "flow_map" in state:
+        fmap = FlowMap.from_state(state["flow_map"])
+    else:  # a user's run: built once from its test set and cached in the run folder
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        try:
+            fmap = cached_flow_map(run, model, lambda: load_split(cfg.dataset, cfg.resolved_data_dir(), False, dev,
+                                                                  None, cfg.verify_data))
+        except (OdenetError, OSError) as e:
+            log.warning("no flow map: %s", e)
+    return Predictor(model, cfg.dataset, fmap)
+
+
+def sketch_array(value) -> Optional[np.ndarray]:
+    """The image in a Sketchpad value (a dict with a ``composite`` layer, or an array); None when empty."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = value.get("composite")
+    if value is None:
+        return None
+    a = np.asarray(value)
+    return a if a.size else None
+
+
+def build_app(pred: Predictor):
+    """The Gradio Blocks page around ``pred``."""
+    import gradio as gr
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def render(image: Optional[np.ndarray], solver, rtol, atol, step, t_end):
+        """-> (model's view, probabilities, status, flow figure, path figure)."""
+        empty = (None, None, HINT, None, None)
+        if image is None:
+            return empty
+        try:
+            flow = pred.flow(image, solver, rtol, atol, step, t_end)
+        except OdenetError as e:
+            return (_view(image), None, f"⚠ {e}", None, None)
+        figs = pred.flow_figure(flow), pred.path_figure(flow)
+        out = (_view(image), pred.probabilities(flow), pred.summary(flow, solver), *figs)
+        plt.close("all")
+        return out
+
+    def prepare(source) -> Tuple[Optional[np.ndarray], str]:
+        from .preprocess import prepare_image
+
+        try:
+            return prepare_image(source), ""
+        except OdenetError as e:
+            return None, str(e)
+
+    def on_sketch(value, *settings):
+        arr = sketch_array(value)
+        image, err = prepare(arr) if arr is not None else (None, "")
+        res = render(image, *settings)
+        if image is None:
+            res = (None, None, HINT, None, None)
+        return (image, *res)
+
+    def on_upload(file, *settings):
+        if file is None:
+            return (None, None, None, HINT, None, None)
+        path = file if isinstance(file, str) else getattr(file, "name", None)
+        image, err = prepare(path)
+        if image is None:
+            return (None, None, None, f"⚠ {err.replace(str(Path(path).parent) + '/', '')}", None, None)
+        return (image, *render(image, *settings))
+
+    def on_settings(image, *settings):
+        return render(image, *settings)
+
+    with gr.Blocks(title="odenet: watch a digit flow through a neural ODE") as app:
+        gr.Markdown("## odenet: draw a digit and watch it flow through the neural ODE\n"
+                    "The encoder maps the digit to z(0); the ODE dz/dt = f(z) carries it to z(T); the classifier "
+                    "reads z(T). Below: the class probabilities along t, and the digit's path among test digits.")
+        image_state = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                sketch = gr.Sketchpad(label="Draw a digit", type="numpy", canvas_size=(280, 280), layers=False,
+                                      transforms=(), fixed_canvas=True,
+                                      brush=gr.Brush(colors=["#000000"], default_size=18, color_mode="fixed"),
+                                      elem_id="sketchpad")
+                upload = gr.File(label="or upload a photo / scan", type="filepath", elem_id="upload")
+            with gr.Column(scale=1):
+                seen = gr.Image(label="What the model sees (28x28)", height=196, width=196, interactive=False,
+                                elem_id="seen", image_mode="L")
+                probs = gr.Label(label="Class probabilities", num_top_classes=10, elem_id="probs")
+                status = gr.Markdown(HINT, elem_id="status")
+        with gr.Row():
+            solver = gr.Dropdown(SOLVERS, value="dopri5", label="solver", elem_id="solver")
+            rtol = gr.Number(1e-3, label="rtol (adaptive)", elem_id="rtol")
+            atol = gr.Number(1e-4, label="atol (adaptive)", elem_id="atol")
+            step = gr.Number(0.1, label="step size (fixed-step)", elem_id="step")
+            t_end = gr.Slider(0.1, 4.0, value=float(pred.model.odeblock.t_end), step=0.1, label="T", elem_id="t_end")
+        with gr.Row():
+            flow_plot = gr.Plot(label="Decision along the flow", elem_id="flow_plot")
+            path_plot = gr.Plot(label="The path", elem_id="path_plot")
+        settings = [solver, rtol, atol, step, t_end]
+        outputs = [seen, probs, status, flow_plot, path_plot]
+        sketch.change(on_sketch, [sketch, *settings], [image_state, *outputs], show_progress="hidden")
+        upload.change(on_upload, [upload, *settings], [image_state, *outputs], show_progress="hidden")
+        for s in settings:
+            s.change(on_settings, [image_state, *settings], outputs, show_progress="hidden")
+    return app
+
+
+def _view(image: np.ndarray) -> np.ndarray:
+    """The 28x28 image enlarged 7x (nearest) so its pixels are visible."""
+    return np.kron(image, np.ones((7, 7), dtype=np.uint8))
+
+
+def serve(model_ref: str, host: str = "127.0.0.1", port: int = 7860, share: bool = False, device: str = "cpu",
+          block: bool = True):
+    """Build and launch the page; returns the Gradio app (``block=False`` keeps it running in the background)."""
+    pred = load_predictor(model_ref, device)
+    app = build_app(pred)
+    app.queue(default_concurrency_limit=1)
+    app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=True,
+               show_error=False)
+    return app
+
+
+def png_bytes(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (for the latency benchmark and screenshots)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -1,0 +1,113 @@
+"""The flow of one digit through the ODE: the decision along t and the path over a map of test digits.
+
+``decision_along_flow`` applies the classifier to z(t) at many times in [0, T] (one dense-output solve: the
+same steps as predicting at T alone). ``FlowMap`` is the PCA plane of test digits' trajectories (the report's
+trajectory figure), stored as plain tensors so it ships inside a checkpoint and loads with ``weights_only``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from .model import NeuralODEModel
+
+MAP_FILE = "flow_map.pt"
+
+
+@dataclass
+class Flow:
+    """One image's pass through the model: ``ts (T,)``, ``z (T, D)``, ``probs (T, K)``, NFE and milliseconds."""
+
+    ts: np.ndarray
+    z: np.ndarray
+    probs: np.ndarray
+    nfe: int
+    ms: float
+
+    @property
+    def final(self) -> np.ndarray:
+        """Class probabilities at t = T: the prediction."""
+        return self.probs[-1]
+
+
+@torch.no_grad()
+def decision_along_flow(model: NeuralODEModel, x: torch.Tensor, n_times: int = 41, **solver) -> Flow:
+    """Class probabilities of the classifier applied to z(t) for ``n_times`` times in [0, T] (``x``: (1, 1, 28, 28)).
+
+    ``solver`` overrides the model's solver settings (method, rtol, atol, step_size, t_end).
+    """
+    model.eval()
+    block = model.odeblock
+    t_end = float(solver.pop("t_end", block.t_end))
+    start = time.perf_counter()
+    model.nfe = 0
+    z0 = model.encode(x)
+    ts = np.linspace(0.0, t_end, n_times)
+    with block.settings(t_end=t_end):
+        z = block.trajectory(z0, ts.tolist(), **solver)[:, 0]
+    probs = torch.softmax(model.classifier(z), -1)
+    ms = (time.perf_counter() - start) * 1e3
+    return Flow(ts, z.cpu().numpy(), probs.cpu().numpy(), model.nfe, ms)
+
+
+@dataclass
+class FlowMap:
+    """A PCA plane of the latent space and test digits' paths on it: ``paths (T, M, 2)``, ``labels (M,)``."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    paths: np.ndarray
+    labels: np.ndarray
+    explained: np.ndarray
+
+    def project(self, z: np.ndarray) -> np.ndarray:
+        """(..., D) latent states -> (..., 2) map coordinates."""
+        return (z - self.mean) @ self.components.T
+
+    def to_state(self) -> Dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))) for k in
+                ("mean", "components", "paths", "labels", "explained")}
+
+    @classmethod
+    def from_state(cls, state: Dict[str, torch.Tensor]) -> "FlowMap":
+        return cls(**{k: v.numpy() for k, v in state.items()})
+
+
+@torch.no_grad()
+def build_flow_map(model: NeuralODEModel, x: torch.Tensor, y: torch.Tensor, per_class: int = 30,
+                   n_times: int = 21) -> FlowMap:
+    """Fit the PCA plane on the trajectories of ``per_class`` test digits per class (``x``: (N, 1, 28, 28))."""
+    from sklearn.decomposition import PCA
+
+    model.eval()
+    labels = y.cpu().numpy()
+    idx = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
+    z0 = model.encode(x[torch.as_tensor(idx, device=x.device)])
+    ts = np.linspace(0.0, model.odeblock.t_end, n_times).tolist()
+    traj = model.odeblock.trajectory(z0, ts).cpu().numpy()  # (T, M, D)
+    T, M, D = traj.shape
+    pca = PCA(n_components=2).fit(traj.reshape(T * M, D))
+    paths = pca.transform(traj.reshape(T * M, D)).reshape(T, M, 2)
+    return FlowMap(pca.mean_.astype(np.float32), pca.components_.astype(np.float32), paths.astype(np.float32),
+                   labels[idx].astype(np.int64), pca.explained_variance_ratio_.astype(np.float32))
+
+
+def cached_flow_map(run: Path, model: NeuralODEModel, load_test) -> Optional[FlowMap]:
+    """The run folder's cached map, or one built from the test set (``load_test() -> Split``) and cached."""
+    from .checkpoint import atomic_write_bytes
+
+    path = Path(run) / MAP_FILE
+    if path.is_file():
+        try:
+            return FlowMap.from_state(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt
+            pass
+    split = load_test()
+    fmap = build_flow_map(model, split.x, split.y)
+    atomic_write_bytes(path, lambda f: torch.save(fmap.to_state(), f))
+    return fmap

@@ -1,0 +1,44 @@
+"""The trained model inside the package: what ``predict``, ``evaluate`` and ``demo`` use without ``--model``.
+
+``odenet/pretrained/mnist.pt`` is an ordinary odenet checkpoint (float32 weights, the config, the per-epoch
+metrics) plus ``command`` (what made it), ``recipe`` and ``flow_map`` (the demo's PCA map of test digits'
+trajectories, so the demo needs no dataset). ``export`` writes it from a run folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .errors import OdenetError
+
+SHIPPED = Path(__file__).resolve().parent / "pretrained" / "mnist.pt"
+
+
+def model_path(path: Optional[str]) -> str:
+    """``--model PATH`` if given (a run folder or checkpoint), else the shipped model."""
+    if path:
+        return path
+    if not SHIPPED.is_file():
+        raise OdenetError(f"the shipped model is missing from this installation ({SHIPPED.name}); "
+                          "pass --model RUN_DIR|CHECKPOINT")
+    return str(SHIPPED)
+
+
+def export(run: Path, out: Path, command: str, recipe: str, data_dir: Optional[str] = None) -> Path:
+    """Write the shippable checkpoint of run folder ``run``'s final model (``last.pt``) to ``out``."""
+    from . import checkpoint
+    from .data import load
+    from .flow import build_flow_map
+
+    state = checkpoint.load(str(Path(run) / "checkpoints" / "last.pt"))
+    model, cfg, _ = checkpoint.load_model(str(Path(run) / "checkpoints" / "last.pt"))
+    test = load(cfg.dataset, cfg.resolved_data_dir(data_dir), False, torch.device("cpu"), verify=cfg.verify_data)
+    fmap = build_flow_map(model, test.x, test.y)
+    config = dict(cfg.to_dict(), data_dir=None, out="runs", device="auto")  # nothing of the machine it ran on
+    shipped = {"config": config, "model": {k: v.float().contiguous() for k, v in model.state_dict().items()},
+               "epoch": state["epoch"], "history": state["history"], "command": command, "recipe": recipe,
+               "flow_map": fmap.to_state()}
+    checkpoint.save(out, shipped)
+    return out
