@@ -27,7 +27,7 @@ for method, kw, bound in (("rk4", dict(step_size=0.05), 1e-8), ("dopri5", dict(r
     res = {}
     for be in ("native", "torchdiffeq"):
         m.zero_grad(); z0.grad = None
-        zT = odeint(m.odefunc, z0, [0.0, 1.0], method=method, backend=be, **kw)[-1]
+        zT = odeint(m.odefunc, z0, [0.0, 1.0], method=method, backend=be, adjoint=True, **kw)[-1]
         zT.pow(2).sum().backward()
         res[be] = (zT.detach(), torch.cat([z0.grad.flatten()] + [p.grad.flatten() for p in m.odefunc.parameters()]))
     ds, dg = rel(res["native"][0], res["torchdiffeq"][0]), rel(res["native"][1], res["torchdiffeq"][1])

@@ -1,6 +1,7 @@
 """The reference: the seed's model written plainly with torchdiffeq, as a user would (for ``odenet bench speed``).
 
-torchvision dataset + DataLoader batches (or the whole set as one tensor, ``tensor_batches``), ``torchdiffeq.odeint_adjoint`` with dopri5, Adam. Nothing here
+torchvision dataset + DataLoader batches (or the whole set as one tensor: ``tensor_batches``),
+``torchdiffeq.odeint_adjoint`` with dopri5, Adam. Nothing here
 uses odenet's engine or data path; only the model print is shared, so both train the same network.
 """
 from __future__ import annotations

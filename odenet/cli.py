@@ -185,7 +185,8 @@ def cmd_evaluate(args) -> int:
     names = class_names(cfg.dataset)
     ev = run_eval(model, split, args.batch_size, len(names))
     result = {"split": "test", "checkpoint": str(ck_path), "checkpoint_epoch": state["epoch"],
-              "chosen_by": chosen_by(ck_path, cfg), "dataset": cfg.dataset, "solver": cfg.solver, "n": ev["n"], "accuracy": ev["acc"], "loss": ev["loss"], "nfe_mean": ev["nfe"],
+              "chosen_by": chosen_by(ck_path, cfg), "dataset": cfg.dataset, "solver": cfg.solver, "n": ev["n"],
+              "accuracy": ev["acc"], "loss": ev["loss"], "nfe_mean": ev["nfe"],
               "images_per_s": ev["images_per_s"], "per_class_accuracy": dict(zip(names, ev["per_class_acc"]))}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -226,7 +227,8 @@ def cmd_demo(args) -> int:
     try:
         from .demo import serve
     except ImportError as e:
-        raise OdenetError(f"the demo needs the demo extra ({e.name} is missing): pip install 'odenet-mnist[demo]'") from None
+        raise OdenetError(f"the demo needs the demo extra ({e.name} is missing): "
+                          "pip install 'odenet-mnist[demo]'") from None
     serve(model_path(args.model), host=args.host, port=args.port, share=args.share, device=args.device)
     return 0
 

@@ -77,7 +77,7 @@ def ink_image(grey: np.ndarray) -> np.ndarray:
 
     g = grey if np.median(grey) <= 127 else 255.0 - grey  # the background is the majority of pixels
     h, w = g.shape
-    size = max(3, min(h, w) // 6)  # wider than a stroke: the opening keeps the paper, removes the ink
+    size = max(3, min(h, w) // 2)  # far wider than a stroke: the opening keeps the paper's light, not the ink
     step = max(1, min(h, w) // 64)  # estimate the background on a coarser grid, it varies slowly
     coarse = ndimage.grey_opening(g[::step, ::step], size=max(3, size // step))
     coarse = ndimage.uniform_filter(coarse, size=max(3, size // step))

@@ -175,7 +175,8 @@ def render_html(run: Path, config: Dict, history: List[Dict], model_print: str, 
     last = history[-1]
     val = [("best validation accuracy (chooses best.pt)", "{val_acc:.4f} at epoch {epoch}".format(
         **max(history, key=lambda r: r["val_acc"])))] if all("val_acc" in r for r in history) else []
-    metrics = [("checkpoint", f"{ck_name} (after epoch {ck_epoch}; {chosen})"), ("test accuracy (checkpoint)", f"{acc:.4f} on {n} images"),
+    metrics = [("checkpoint", f"{ck_name} (after epoch {ck_epoch}; {chosen})"),
+               ("test accuracy (checkpoint)", f"{acc:.4f} on {n} images"),
                ("epochs trained", len(history)),
                ("final train loss / acc", f"{last['train_loss']:.4f} / {last['train_acc']:.4f}"),
                ("final test loss / acc", f"{last['test_loss']:.4f} / {last['test_acc']:.4f}"),
