@@ -206,11 +206,8 @@ def build_app(pred: Predictor):
 
     def on_sketch(value, *settings):
         arr = sketch_array(value)
-        image, err = prepare(arr) if arr is not None else (None, "")
-        res = render(image, *settings)
-        if image is None:
-            res = (None, None, HINT, None, None)
-        return (image, *res)
+        image = prepare(arr)[0] if arr is not None else None  # a blank pad is not an error: render shows the hint
+        return (image, *render(image, *settings))
 
     def on_upload(file, *settings):
         if file is None:
