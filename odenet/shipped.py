@@ -32,8 +32,7 @@ def export(run: Path, out: Path, command: str, recipe: str, data_dir: Optional[s
     from .data import load
     from .flow import build_flow_map
 
-    state = checkpoint.load(str(Path(run) / "checkpoints" / "last.pt"))
-    model, cfg, _ = checkpoint.load_model(str(Path(run) / "checkpoints" / "last.pt"))
+    model, cfg, state = checkpoint.load_model(str(Path(run) / "checkpoints" / "last.pt"))
     test = load(cfg.dataset, cfg.resolved_data_dir(data_dir), False, torch.device("cpu"), verify=cfg.verify_data)
     fmap = build_flow_map(model, test.x, test.y)
     config = dict(cfg.to_dict(), data_dir=None, out="runs", device="auto")  # nothing of the machine it ran on
