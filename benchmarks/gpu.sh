@@ -5,7 +5,7 @@
 #   DATA=folder/with/MNIST/raw OUT=results bash benchmarks/gpu.sh
 #
 # Needs python3 with torch (CUDA), torchvision, torchdiffeq, numpy, matplotlib, scikit-learn, pyyaml, tqdm, pytest.
-# The repository is used in place (PYTHONPATH), nothing is installed. Takes about 3-5 minutes on an H100/H200.
+# The repository is used in place (PYTHONPATH), nothing is installed. Takes about 5-7 minutes on an H100/H200 with 16 cores.
 set -uo pipefail
 OUT=${OUT:-bench-gpu}
 DATA=${DATA:?set DATA to a folder holding MNIST/raw/*.gz}
@@ -36,3 +36,5 @@ for method, kw, bound in (("rk4", dict(step_size=0.05), 1e-8), ("dopri5", dict(r
 PY
 python3 -m odenet bench speed --device cuda --batches 150 --rounds 3 --full-epoch --data-dir "$DATA" --out "$OUT" 2>&1 | tee "$OUT/speed.log"
 python3 -m odenet bench gradients --device cuda --data-dir "$DATA" --out "$OUT" 2>&1 | tee "$OUT/gradients.log"
+# data-parallel scaling on the machine's CPU cores (gloo): 1, 2, 4, 8 processes, one thread each
+SUBSET=20000 OUT="$OUT" DATA="$DATA" bash benchmarks/ddp_scaling.sh 1 2 4 8 2>&1 | tail -8

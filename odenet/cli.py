@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from .errors import OdenetError
 
 # flag -> (config key, type, help); defaults come from Config and are shown in --help
 TRAIN_FLAGS = [
-    ("--batch-size", "batch_size", int, "batch size"),
+    ("--batch-size", "batch_size", int, "batch size (under torchrun: the global batch, split over the processes)"),
     ("--epochs", "epochs", int, "epochs"),
     ("--lr", "lr", float, "Adam learning rate"),
     ("--lr-schedule", "lr_schedule", str, "cosine (per-epoch decay from --lr) or constant"),
@@ -59,7 +60,9 @@ RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "report", "tensorboard")
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the Neural ODE (the seed's configuration by default)",
-                       description="Train the Neural ODE classifier. Precedence: flags > --config file > defaults.")
+                       description="Train the Neural ODE classifier. Precedence: flags > --config file > defaults. "
+                                   "Started by torchrun (torchrun --nproc-per-node N -m odenet train ...), every process "
+                                   "trains its share of each batch with DistributedDataParallel; see docs/distributed.md.")
     p.add_argument("--config", help="YAML/TOML/JSON file with the same keys as the flags")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint (--epochs may extend it)")
     defaults = Config()
@@ -127,8 +130,49 @@ def _train_config(args) -> Config:
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from . import distributed
+    from .train import check_new_run, resolve_device, train
 
+    try:
+        cfg, run = _train_run(args)
+    except OdenetError as e:
+        if distributed.env_world_size() > 1 and os.environ.get("RANK", "0") != "0":
+            e.quiet = True  # every rank reads the same flags and files: rank 0 says it once
+        raise
+    ctx = distributed.setup(resolve_device(cfg.device))
+    try:
+        if not args.resume:
+            ctx.on_main(lambda: check_new_run(run))
+        hooks = []
+        if cfg.report and ctx.is_main:
+            from .report import history_hook
+
+            hooks.append(history_hook)
+        progress = not args.no_progress and sys.stderr.isatty()
+        summary = train(cfg, run, resume=bool(args.resume), progress=progress, hooks=hooks, ctx=ctx)
+    except RuntimeError as e:  # a collective whose peer died: one line instead of a traceback
+        lost = distributed.lost_contact(e, ctx)
+        if lost is None:
+            raise
+        raise lost from None
+    finally:
+        distributed.shutdown(ctx)
+    if not ctx.is_main:
+        return 0
+    done = f"done: test accuracy after the last epoch {summary['final_test_acc']:.4f}"
+    if "best_epoch" in summary:
+        done += f"; best.pt is epoch {summary['best_epoch']} (validation accuracy {summary['best_val_acc']:.4f})"
+    print(f"{done}; run folder {run}")
+    if cfg.report:
+        from .report import write_report
+
+        out = write_report(run)
+        print(f"report: {out}")
+    return 0
+
+
+def _train_run(args):
+    """The config and run folder of ``odenet train`` (a new run, or the saved config of ``--resume``)."""
     if args.resume:
         run = Path(args.resume)
         cfg_path = run / "config.yaml"
@@ -144,31 +188,11 @@ def cmd_train(args) -> int:
         for key in RESUME_MAY_CHANGE:
             if getattr(args, key) is not None:
                 setattr(cfg, key, getattr(args, key))
-        cfg.validate()
-    else:
-        cfg = _train_config(args)
-        if cfg.name is None:
-            cfg.name = f"{cfg.dataset}-{cfg.solver}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run = Path(cfg.out) / cfg.name
-        if run.exists():
-            raise OdenetError(f"run folder {run} already exists; continue it with --resume {run} or pick another --name")
-    hooks = []
-    if cfg.report:
-        from .report import history_hook
-
-        hooks.append(history_hook)
-    progress = not args.no_progress and sys.stderr.isatty()
-    summary = train(cfg, run, resume=bool(args.resume), progress=progress, hooks=hooks)
-    done = f"done: test accuracy after the last epoch {summary['final_test_acc']:.4f}"
-    if "best_epoch" in summary:
-        done += f"; best.pt is epoch {summary['best_epoch']} (validation accuracy {summary['best_val_acc']:.4f})"
-    print(f"{done}; run folder {run}")
-    if cfg.report:
-        from .report import write_report
-
-        out = write_report(run)
-        print(f"report: {out}")
-    return 0
+        return cfg.validate(), run
+    cfg = _train_config(args)
+    if cfg.name is None:
+        cfg.name = f"{cfg.dataset}-{cfg.solver}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg, Path(cfg.out) / cfg.name
 
 
 def cmd_evaluate(args) -> int:
@@ -253,7 +277,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return bench.run(args)
         return commands[args.command](args)
     except OdenetError as e:
-        print(f"odenet: error: {e}", file=sys.stderr)
+        if not e.quiet:
+            print(f"odenet: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("odenet: interrupted", file=sys.stderr)

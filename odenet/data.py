@@ -13,7 +13,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -136,12 +136,39 @@ class Split:
     def batches(self, batch_size: int,
                 generator: Optional[torch.Generator] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Batches in a shuffled order drawn from ``generator`` (or in order when it is None)."""
+        for shard in self.shards(batch_size, generator):
+            yield shard.x, shard.y
+
+    def shards(self, batch_size: int, generator: Optional[torch.Generator] = None, rank: int = 0,
+               world: int = 1) -> Iterator["Shard"]:
+        """Rank ``rank``'s contiguous share of each batch of :meth:`batches` (all of it when ``world`` is 1).
+
+        Every rank draws the same order from an identically seeded ``generator``, so the ranks' shards are
+        disjoint and together are the batch. A rank whose share of a short last batch is empty gets one
+        image with weight 0, so it still takes part in the step without changing it.
+        """
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         order = order.to(self.y.device)
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
-            yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+            total = len(idx)
+            start = rank * total // world  # contiguous shares that differ in size by at most one image
+            share, weight = idx[start:(rank + 1) * total // world], 1.0
+            if len(share) == 0:
+                start, share, weight = 0, idx[:1], 0.0
+            yield Shard(self.x.index_select(0, share), self.y.index_select(0, share), start, total, weight)
+
+
+class Shard(NamedTuple):
+    """One rank's part of a batch: images ``x``, labels ``y``, where they start in the batch, the batch size,
+    and their weight in the loss (1, or 0 for a stand-in image)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    start: int
+    total: int
+    weight: float
 
 
 def carve_validation(split: Split, size: int, seed: int) -> Tuple[Split, Optional[Split]]:
@@ -160,14 +187,17 @@ def carve_validation(split: Split, size: int, seed: int) -> Tuple[Split, Optiona
 
 
 def random_affine(x: torch.Tensor, rotate: float, translate: float, scale: float,
-                  background: float) -> torch.Tensor:
+                  background: float, rows: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Each image of ``x`` ``(B, C, H, W)`` rotated by up to +-``rotate`` degrees, shifted by up to
     +-``translate`` pixels and zoomed by up to +-``scale``, on ``x``'s device, in one ``grid_sample``.
 
     Pixels that come from outside the image take the value ``background``. Labels are unchanged.
+    ``rows=(start, total)``: draw the transforms of a whole batch of ``total`` images and apply rows
+    ``start:start+B`` to ``x`` (a rank's shard gets what its images would get in one process).
     """
     B, _, H, W = x.shape
-    u = torch.rand(B, 4, device=x.device, dtype=x.dtype) * 2 - 1  # uniform in [-1, 1]
+    start, total = rows if rows is not None else (0, B)
+    u = torch.rand(total, 4, device=x.device, dtype=x.dtype)[start:start + B] * 2 - 1  # uniform in [-1, 1]
     angle = u[:, 0] * (rotate * math.pi / 180.0)
     s = 1.0 + u[:, 1] * scale
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s

@@ -5,6 +5,7 @@ class OdenetError(Exception):
     """An error caused by the user's input or environment, reported without a traceback."""
 
     exit_code = 1
+    quiet = False  # True on the other ranks of a distributed run when rank 0 reports the same error
 
 
 class SolverError(OdenetError, RuntimeError):

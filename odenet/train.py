@@ -13,13 +13,13 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 import yaml
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import Config, step_lr
 from .data import background_value, carve_validation, class_names, load, random_affine
 from .errors import DivergenceError, Interrupted, OdenetError, SolverError
@@ -74,23 +74,52 @@ class EMA:
         torch._foreach_lerp_(self._dst, self._src, 1.0 - d)
 
 
-def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               label_smoothing: float = 0.0):
-    """One optimisation step; returns ``(logits, loss value, forward NFE, backward NFE)``.
+class StepStats(NamedTuple):
+    """What one step measured, over the whole batch (all ranks)."""
 
-    Raises ``DivergenceError`` before the update when the loss is not finite.
+    loss: float  # mean loss
+    correct: float  # correct predictions
+    n: float  # images
+    nfe_f: float  # forward NFE (mean over ranks)
+    nfe_b: int  # backward NFE of this rank
+
+
+def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               label_smoothing: float = 0.0, *, net: Optional[torch.nn.Module] = None,
+               ctx: distributed.Context = distributed.SINGLE, weight: float = 1.0, stop: bool = False) -> StepStats:
+    """One optimisation step on a batch, or under DDP (``net`` wraps ``model``) on this rank's shard of it.
+
+    The ranks sum their loss, counts and flags before the backward pass, so they all step, all stop
+    (``stop``: a signal arrived; raises ``KeyboardInterrupt``) or all raise ``DivergenceError`` (a
+    non-finite loss or a failed solve) before any update. Under DDP a rank's loss is its shard's loss sum
+    times ``world / batch size``: DDP's gradient average is then exactly the mean over the whole batch.
+    ``weight`` 0 marks a stand-in image (see ``Split.shards``).
     """
+    net = net or model
     model.nfe = 0
-    logits = model(x)
-    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    failure, loss_sum, correct = "", 0.0, 0.0
+    try:
+        logits = net(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction="sum" if ctx.active else "mean")
+        loss_sum = loss.item() * (weight if ctx.active else len(y))
+        correct = (logits.argmax(1) == y).sum().item() * weight
+    except (SolverError, AssertionError) as e:
+        if not _solver_failure(e):
+            raise
+        failure = str(e)
     nfe_f, model.nfe = model.nfe, 0
-    loss_v = loss.item()
-    if not math.isfinite(loss_v):
-        raise DivergenceError(f"loss is {loss_v}")
+    loss_sum, correct, n, nfe_f, stops, failures = ctx.all_sum(
+        [loss_sum, correct, len(y) * weight, nfe_f, stop, bool(failure)])
+    if failures:
+        raise ctx.agreed(DivergenceError(failure or "the solver failed on another rank"))
+    if stops:
+        raise KeyboardInterrupt
+    if not math.isfinite(loss_sum):
+        raise ctx.agreed(DivergenceError(f"loss is {loss_sum / n}"))
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * (ctx.world * weight / n) if ctx.active else loss).backward()
     opt.step()
-    return logits, loss_v, nfe_f, model.nfe
+    return StepStats(loss_sum / n, correct, n, nfe_f / ctx.world, model.nfe)
 
 
 def _write_metrics(run: Path, history: List[Dict]) -> None:
@@ -103,17 +132,25 @@ def _solver_failure(e: BaseException) -> bool:
 
 
 def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
-          hooks: Optional[List[EpochHook]] = None, log: Optional[Callable[[str], None]] = None) -> Dict:
+          hooks: Optional[List[EpochHook]] = None, log: Optional[Callable[[str], None]] = None,
+          ctx: Optional[distributed.Context] = None) -> Dict:
     """Train ``cfg`` into run folder ``run`` (continuing its ``last.pt`` when ``resume``); return the summary.
 
     The test set is evaluated and logged every epoch but never chooses anything: ``best.pt`` is written only
     with a validation split (``cfg.val_size > 0``) and is the epoch of highest validation accuracy.
+    Under torchrun (``ctx`` from ``distributed.setup``) every rank trains its shard of each batch through
+    DDP; rank 0 alone evaluates, logs and writes the run folder.
     """
-    log = log or (lambda msg: print(msg, flush=True))
+    ctx = ctx or distributed.Context(device=resolve_device(cfg.device))
+    main = ctx.is_main
+    log = (log or (lambda msg: print(msg, flush=True))) if main else (lambda msg: None)
     cfg.validate()
     if resolve_backend(cfg.solver, cfg.backend) != cfg.backend:
         log(f"note: solver {cfg.solver} is not in the native engine; it runs on the torchdiffeq backend")
-    device = resolve_device(cfg.device)
+    if cfg.batch_size % ctx.world:
+        raise ctx.agreed(OdenetError(f"batch-size {cfg.batch_size} is the global batch and must divide evenly "
+                                     f"over the {ctx.world} ranks"))
+    device = ctx.device
     torch.manual_seed(cfg.seed)
     cfg.data_dir = cfg.resolved_data_dir()  # recorded in config.yaml, so evaluate/report find the same files
     train_set = load(cfg.dataset, cfg.data_dir, True, device, cfg.train_subset, cfg.verify_data)
@@ -131,8 +168,8 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
     shuffle = torch.Generator().manual_seed(cfg.seed)
     history: List[Dict] = []
     start_epoch, best_val = 0, -1.0
-    if resume:
-        state = checkpoint.load(str(run / "checkpoints" / "last.pt"))
+    state = ctx.on_main(lambda: _open_run(run, resume))  # rank 0 reads the checkpoint and hands it on
+    if state is not None:
         model.load_state_dict(state.get("train_model", state["model"]))
         if ema is not None:
             ema.model.load_state_dict(state["model"])
@@ -142,12 +179,15 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
         torch.set_rng_state(state["rng"]["torch"])
         history, start_epoch, best_val = list(state["history"]), state["epoch"], state.get("best_val_acc", -1.0)
         log(f"resuming {run} after epoch {start_epoch}")
-    else:
-        run.mkdir(parents=True, exist_ok=False)
-    (run / "checkpoints").mkdir(exist_ok=True)
-    checkpoint.atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    _write_metrics(run, history)
-    writer = _tensorboard_class()(str(run / "tensorboard")) if cfg.tensorboard else None
+    if ctx.active:
+        log(f"distributed: {ctx.world} ranks ({torch.distributed.get_backend()}), "
+            f"{cfg.batch_size // ctx.world} images per rank per batch")
+    net = distributed.wrap(model, ctx)
+    writer = None
+    if main:
+        checkpoint.atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        _write_metrics(run, history)
+        writer = _tensorboard_class()(str(run / "tensorboard")) if cfg.tensorboard else None
 
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
     stop = _StopOnSignal()  # Ctrl-C / SIGTERM stop between batches, never inside a checkpoint write
@@ -156,42 +196,47 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             t0 = time.perf_counter()
-            sums = dict(loss=0.0, correct=0, n=0, nfe_f=0, nfe_b=0)
-            bar = _bar(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress)
-            for b, (x, y) in enumerate(train_set.batches(cfg.batch_size, shuffle)):
+            sums = dict(loss=0.0, correct=0.0, n=0.0, nfe_f=0.0, nfe_b=0.0)
+            bar = _bar(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress and main)
+            for b, shard in enumerate(train_set.shards(cfg.batch_size, shuffle, ctx.rank, ctx.world)):
                 for group in opt.param_groups:
                     group["lr"] = step_lr(cfg, epoch, b, n_batches)
+                x = shard.x
                 if augment:
-                    x = random_affine(x, cfg.aug_rotate, cfg.aug_translate, cfg.aug_scale, background)
+                    x = random_affine(x, cfg.aug_rotate, cfg.aug_translate, cfg.aug_scale, background,
+                                      rows=(shard.start, shard.total))
                 try:
-                    logits, loss_v, nfe_f, nfe_b = train_step(model, opt, x, y, cfg.label_smoothing)
-                except (DivergenceError, SolverError, AssertionError) as e:
-                    if isinstance(e, AssertionError) and not _solver_failure(e):
-                        raise
-                    raise DivergenceError(f"training diverged at epoch {epoch + 1}, batch {b + 1}: {e}; "
-                                          f"last good checkpoint kept in {run / 'checkpoints'}") from None
+                    st = train_step(model, opt, x, shard.y, cfg.label_smoothing, net=net, ctx=ctx,
+                                    weight=shard.weight, stop=stop.signal is not None)
+                except DivergenceError as e:
+                    raise ctx.agreed(DivergenceError(
+                        f"training diverged at epoch {epoch + 1}, batch {b + 1}: {e}; "
+                        f"last good checkpoint kept in {run / 'checkpoints'}")) from None
                 if ema is not None:
                     ema.update()
-                if stop.signal:
-                    raise KeyboardInterrupt
-                sums["loss"] += loss_v * len(y)
-                sums["correct"] += (logits.argmax(1) == y).sum().item()
-                sums["n"] += len(y)
-                sums["nfe_f"] += nfe_f
-                sums["nfe_b"] += nfe_b
+                sums["loss"] += st.loss * st.n
+                sums["correct"] += st.correct
+                sums["n"] += st.n
+                sums["nfe_f"] += st.nfe_f
+                sums["nfe_b"] += st.nfe_b
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.4f}", acc=f"{sums['correct'] / sums['n']:.4f}",
-                                    nfe=f"{nfe_f}/{nfe_b}", refresh=False)
+                                    nfe=f"{st.nfe_f:.0f}/{st.nfe_b}", refresh=False)
+            sums["nfe_b"] = ctx.all_sum([sums["nfe_b"]])[0] / ctx.world
+            distributed.check_in_sync(model, ctx)
             seconds = time.perf_counter() - t0
             if bar is not None:
                 bar.close()
+            if not main:
+                continue
             eval_model = ema.model if ema is not None else model
             record = {
                 "epoch": epoch + 1,
                 "train_loss": sums["loss"] / sums["n"], "train_acc": sums["correct"] / sums["n"],
                 "nfe_forward": sums["nfe_f"] / n_batches, "nfe_backward": sums["nfe_b"] / n_batches,
                 "epoch_seconds": seconds, "images_per_s": sums["n"] / seconds, "lr": opt.param_groups[0]["lr"],
+                "train_images": int(sums["n"]), "ranks": ctx.world,
             }
             if val_set is not None:
                 ev = run_eval(eval_model, val_set, cfg.eval_batch_size, n_classes)
@@ -224,14 +269,15 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
             for hook in hooks or []:
                 hook(run, history)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted during epoch {epoch + 1}; the checkpoint after epoch {len(history)} is kept; "
-                          f"continue with: odenet train --resume {run}") from None
+        done = len(history) if main else epoch
+        raise ctx.agreed(Interrupted(f"interrupted during epoch {epoch + 1}; the checkpoint after epoch {done} is "
+                                     f"kept; continue with: odenet train --resume {run}")) from None
     finally:
         stop.restore()
         if writer is not None:
             writer.close()
 
-    summary = {"run": str(run), "epochs": len(history), "device": str(device),
+    summary = {"run": str(run), "epochs": len(history), "device": str(device), "ranks": ctx.world,
                "final": history[-1] if history else None,
                "final_test_acc": history[-1]["test_acc"] if history else None,
                "selection": "best.pt: highest validation accuracy" if val_set is not None else
@@ -240,8 +286,24 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
     if val_set is not None and history:
         best = max(history, key=lambda r: r["val_acc"])
         summary.update(best_epoch=best["epoch"], best_val_acc=best["val_acc"], test_acc_at_best=best["test_acc"])
-    checkpoint.atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if main:
+        checkpoint.atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _open_run(run: Path, resume: bool) -> Optional[Dict]:
+    """Rank 0: the checkpoint to continue (``resume``), else create the run folder; ``None`` for a new run."""
+    if resume:
+        return checkpoint.load(str(run / "checkpoints" / "last.pt"))
+    check_new_run(run)
+    (run / "checkpoints").mkdir(parents=True)
+    return None
+
+
+def check_new_run(run: Path) -> None:
+    """One-line error when a new run's folder is taken."""
+    if run.exists():
+        raise OdenetError(f"run folder {run} already exists; continue it with --resume {run} or pick another --name")
 
 
 class _StopOnSignal:
