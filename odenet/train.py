@@ -208,7 +208,9 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
                 try:
                     st = train_step(model, opt, x, shard.y, cfg.label_smoothing, net=net, ctx=ctx,
                                     weight=shard.weight, stop=stop.signal is not None)
-                except DivergenceError as e:
+                except (DivergenceError, SolverError, AssertionError) as e:  # a backward solve fails here
+                    if isinstance(e, AssertionError) and not _solver_failure(e):
+                        raise
                     raise ctx.agreed(DivergenceError(
                         f"training diverged at epoch {epoch + 1}, batch {b + 1}: {e}; "
                         f"last good checkpoint kept in {run / 'checkpoints'}")) from None
