@@ -41,17 +41,17 @@ class Context:
 
     def all_sum(self, values: Sequence[float]) -> List[float]:
         """``values`` summed over the ranks (float64), the same list on every rank."""
-        if not self.active:
-            return [float(v) for v in values]
-        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return t.tolist()
+        return self._reduce(values, "SUM")
 
     def all_max(self, values: Sequence[float]) -> List[float]:
+        """Element-wise maximum of ``values`` over the ranks."""
+        return self._reduce(values, "MAX")
+
+    def _reduce(self, values: Sequence[float], op: str) -> List[float]:
         if not self.active:
             return [float(v) for v in values]
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op))
         return t.tolist()
 
     def on_main(self, fn: Callable[[], Any]) -> Any:

@@ -159,3 +159,36 @@ def test_random_affine_keeps_shapes_background_and_device():
 def test_recipe_settings_are_validated(key, value, msg):
     with pytest.raises(OdenetError, match=msg):
         Config(**{key: value}).validate()
+
+
+@pytest.mark.parametrize("n,batch,world", [(10, 4, 2), (9, 4, 2), (193, 64, 2), (20, 8, 4), (13, 6, 3)])
+def test_rank_shards_are_disjoint_and_cover_each_batch(n, batch, world):
+    from odenet.data import Split
+
+    split = Split(torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1), torch.arange(n))
+    whole = [y.tolist() for _, y in split.batches(batch, torch.Generator().manual_seed(3))]
+    per_rank = [list(split.shards(batch, torch.Generator().manual_seed(3), r, world)) for r in range(world)]
+    for b, batch_labels in enumerate(whole):
+        shards = [per_rank[r][b] for r in range(world)]
+        real = [s for s in shards if s.weight == 1.0]
+        # contiguous shares in rank order that together are the batch
+        assert sum((s.y.tolist() for s in real), []) == batch_labels
+        assert max(len(s.y) for s in real) - min(len(s.y) for s in real) <= 1
+        for s in shards:
+            assert s.total == len(batch_labels) and s.x.shape[1:] == (1, 1, 1)
+            assert torch.equal(s.x.view(-1).long(), s.y)  # images travel with their labels
+            if s.weight == 1.0:
+                assert batch_labels[s.start:s.start + len(s.y)] == s.y.tolist()
+            else:  # a stand-in: one image of the batch, weight 0, only when the batch is shorter than world
+                assert len(batch_labels) < world and len(s.y) == 1
+
+
+def test_augmentation_of_a_shard_equals_that_rows_of_the_whole_batch():
+    from odenet.data import random_affine
+
+    x = torch.randn(10, 1, 28, 28)
+    torch.manual_seed(5)
+    whole = random_affine(x, 10, 2, 0.1, -0.4)
+    torch.manual_seed(5)
+    part = random_affine(x[4:7], 10, 2, 0.1, -0.4, rows=(4, 10))
+    torch.testing.assert_close(part, whole[4:7])
