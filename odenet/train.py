@@ -309,19 +309,26 @@ def check_new_run(run: Path) -> None:
 
 
 class _StopOnSignal:
-    """Turns the first SIGINT/SIGTERM into a flag the loop checks between batches; a second one interrupts."""
+    """Turns the first SIGINT/SIGTERM into a flag the loop checks between batches; a second one interrupts.
+
+    A second signal within ``GRACE`` seconds of the first counts as the same request: Ctrl-C under torchrun
+    sends SIGINT to every process and torchrun follows it at once with SIGTERM.
+    """
+
+    GRACE = 2.0
 
     def __init__(self):
-        self.signal = None
+        self.signal, self.when = None, 0.0
         self.old = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.old[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        if self.signal is not None:
+        if self.signal is None:
+            self.signal, self.when = signum, time.monotonic()
+        elif time.monotonic() - self.when > self.GRACE:
             raise KeyboardInterrupt
-        self.signal = signum
 
     def restore(self) -> None:
         for sig, handler in self.old.items():

@@ -28,7 +28,8 @@ def _torchrun(args, nproc=2, wait=True, timeout=300):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "-m", "odenet", "train", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # its own process group, as a terminal would give it
     if not wait:
         return proc
     out, err = proc.communicate(timeout=timeout)
@@ -178,12 +179,16 @@ def test_killed_rank_ends_the_job_then_resume_on_two_ranks_and_one(synth_dir, tm
     assert [r["epoch"] for r in metrics] == list(range(1, done + 3))
 
 
-def test_sigterm_stops_every_rank_between_batches(synth_dir, tmp_path):
+@pytest.mark.parametrize("how", ["SIGTERM to torchrun", "Ctrl-C to the process group"])
+def test_signal_stops_every_rank_between_batches(synth_dir, tmp_path, how):
     run = tmp_path / "t"
     flags = {"--solver": "euler", "--step-size": 0.5, "--batch-size": 32, "--train-subset": 320, "--epochs": 500}
     proc = _torchrun(_flags(synth_dir, tmp_path, "t", **flags), wait=False)
     _wait_epochs(run, 1, proc)
-    proc.send_signal(signal.SIGTERM)
+    if how.startswith("SIGTERM"):
+        proc.send_signal(signal.SIGTERM)
+    else:  # a terminal's Ctrl-C reaches torchrun and its workers alike
+        os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     lines = [line for line in err.splitlines() if line.startswith("odenet: error:")]
