@@ -195,3 +195,21 @@ def test_signal_stops_every_rank_between_batches(synth_dir, tmp_path, how):
     assert len(lines) == 1 and "interrupted during epoch" in lines[0] and "--resume" in lines[0], err[-3000:]
     state = checkpoint.load(str(run / "checkpoints" / "last.pt"))
     assert state["epoch"] == len((run / "metrics.jsonl").read_text().splitlines())
+
+
+@pytest.mark.parametrize("env,msg", [
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE is set but RANK is not: start distributed training with torchrun"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a number"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "rank 0: could not join the process group"),
+])
+def test_broken_distributed_environment_is_one_line_error(synth_dir, tmp_path, monkeypatch, capsys, env, msg):
+    from odenet.cli import main
+
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["train", *_flags(synth_dir, tmp_path, "bad", **{"--epochs": 1})]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"odenet: error: {msg}") and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
