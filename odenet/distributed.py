@@ -116,7 +116,10 @@ def setup(device: torch.device) -> Context:
         backend = "gloo"
     else:
         raise OdenetError(f"distributed training runs on cpu (gloo) or cuda (nccl), not {device.type}")
-    timeout = timedelta(seconds=float(os.environ.get("ODENET_DIST_TIMEOUT", "600")))
+    try:
+        timeout = timedelta(seconds=float(os.environ.get("ODENET_DIST_TIMEOUT", "600")))
+    except ValueError:
+        raise OdenetError(f"ODENET_DIST_TIMEOUT={os.environ['ODENET_DIST_TIMEOUT']!r} is not a number of seconds") from None
     try:
         torch.distributed.init_process_group(backend, timeout=timeout)
     except (RuntimeError, ValueError) as e:
