@@ -32,7 +32,8 @@ def _odenet_stepper(device, data_dir, seed, verify=True, **solver):
         except StopIteration:
             state["it"] = split.batches(64, gen)
             x, y = next(state["it"])
-        return train_step(model, opt, x, y)[2:]
+        st = train_step(model, opt, x, y)
+        return st.nfe_f, st.nfe_b
 
     return step, model
 
