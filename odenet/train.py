@@ -271,8 +271,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
             for hook in hooks or []:
                 hook(run, history)
     except KeyboardInterrupt:
-        done = len(history) if main else epoch
-        raise ctx.agreed(Interrupted(f"interrupted during epoch {epoch + 1}; the checkpoint after epoch {done} is "
+        raise ctx.agreed(Interrupted(f"interrupted during epoch {epoch + 1}; the checkpoint after epoch {len(history)} is "
                                      f"kept; continue with: odenet train --resume {run}")) from None
     finally:
         stop.restore()
