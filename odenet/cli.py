@@ -48,6 +48,7 @@ TRAIN_FLAGS = [
 ]
 TRAIN_SWITCHES = [  # (flag, config key, value it sets, help)
     ("--no-adjoint", "adjoint", False, "backpropagate through the solver instead of the adjoint method"),
+    ("--aug-flip", "aug_flip", True, "augmentation: mirror left-right with probability 1/2 (clothes, not digits)"),
     ("--seminorm", "seminorm", True, "adjoint backward error norm ignores the parameter adjoint"),
     ("--tensorboard", "tensorboard", True, "also log to TensorBoard (<run>/tensorboard)"),
     ("--no-report", "report", False, "do not write the figures and report.html at the end"),

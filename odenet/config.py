@@ -34,6 +34,7 @@ class Config:
     aug_rotate: float = 0.0  # random rotation, +- degrees (on-device, whole batch at once)
     aug_translate: float = 0.0  # random shift, +- pixels
     aug_scale: float = 0.0  # random zoom, +- fraction
+    aug_flip: bool = False  # random left-right mirror (label-preserving for clothes, not for digits)
     val_size: int = 0  # images carved from the training set to choose best.pt; 0: train on all, no selection
     t_end: float = 1.0
     ode_dim: int = 64
@@ -79,6 +80,9 @@ class Config:
         for k, v in nonneg.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
                 raise OdenetError(f"{k.replace('_', '-')} must be a finite number >= 0, got {v!r}")
+        for k in ("aug_flip", "adjoint", "seminorm", "verify_data", "tensorboard", "report"):
+            if not isinstance(getattr(self, k), bool):
+                raise OdenetError(f"{k.replace('_', '-')} must be true or false, got {getattr(self, k)!r}")
         if int(self.val_size) != self.val_size:
             raise OdenetError(f"val-size must be an integer, got {self.val_size!r}")
         if self.ema >= 1 or self.label_smoothing >= 1 or self.aug_scale >= 1:

@@ -187,9 +187,10 @@ def carve_validation(split: Split, size: int, seed: int) -> Tuple[Split, Optiona
 
 
 def random_affine(x: torch.Tensor, rotate: float, translate: float, scale: float,
-                  background: float, rows: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+                  background: float, rows: Optional[Tuple[int, int]] = None, flip: bool = False) -> torch.Tensor:
     """Each image of ``x`` ``(B, C, H, W)`` rotated by up to +-``rotate`` degrees, shifted by up to
-    +-``translate`` pixels and zoomed by up to +-``scale``, on ``x``'s device, in one ``grid_sample``.
+    +-``translate`` pixels and zoomed by up to +-``scale``, on ``x``'s device, in one ``grid_sample``;
+    with ``flip``, also mirrored left-right with probability 1/2 (for clothes, not for digits).
 
     Pixels that come from outside the image take the value ``background``. Labels are unchanged.
     ``rows=(start, total)``: draw the transforms of a whole batch of ``total`` images and apply rows
@@ -204,6 +205,9 @@ def random_affine(x: torch.Tensor, rotate: float, translate: float, scale: float
     # affine_grid maps output coordinates in [-1, 1] to input coordinates: shifts are in half-widths
     theta = torch.stack([torch.stack([cos, -sin, u[:, 2] * (2 * translate / W)], 1),
                          torch.stack([sin, cos, u[:, 3] * (2 * translate / H)], 1)], 1)
+    if flip:  # drawn after the affine numbers, so runs without flips keep their random stream
+        mirror = torch.rand(total, device=x.device)[start:start + B] < 0.5
+        theta[:, :, 0] = torch.where(mirror[:, None], -theta[:, :, 0], theta[:, :, 0])  # input x <- -x
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out + background

@@ -152,7 +152,30 @@ def test_random_affine_keeps_shapes_background_and_device():
     assert ((mass > 0.75) & (mass < 1.3)).all()
 
 
+def test_flip_mirrors_about_half_the_images_and_leaves_the_stream_of_other_runs_alone():
+    from odenet.data import random_affine
+
+    x = torch.randn(400, 1, 28, 28)
+    torch.manual_seed(3)
+    flipped = random_affine(x, 0, 0, 0, 0.0, flip=True)
+    mirrored = torch.isclose(flipped, x.flip(-1), atol=1e-5).flatten(1).all(1)
+    same = torch.isclose(flipped, x, atol=1e-5).flatten(1).all(1)
+    assert (mirrored ^ same).all()  # every image is either itself or exactly its mirror image
+    assert 150 < int(mirrored.sum()) < 250
+    # the affine draws come first: with flips on, each image is its flip-free transform, mirrored or not
+    torch.manual_seed(4)
+    plain = random_affine(x[:50], 10, 2, 0.1, 0.0)
+    torch.manual_seed(4)
+    both = random_affine(x[:50], 10, 2, 0.1, 0.0, flip=True)
+    torch.manual_seed(4)
+    torch.rand(50, 4)
+    mirror = torch.rand(50) < 0.5
+    torch.testing.assert_close(both[~mirror], plain[~mirror])
+    assert not torch.allclose(both[mirror], plain[mirror])
+
+
 @pytest.mark.parametrize("key,value,msg", [
+    ("aug_flip", "yes", "aug-flip must be true or false"), ("seminorm", 1, "seminorm must be true or false"),
     ("val_size", -1, "val-size must be"), ("ema", 1.0, "below 1"), ("optimizer", "sgd", "unknown optimizer"),
     ("label_smoothing", float("nan"), "label-smoothing must be"), ("aug_rotate", -5, "aug-rotate must be"),
 ])
