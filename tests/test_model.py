@@ -48,3 +48,21 @@ def test_frozen_odefunc_layer_still_trains_the_rest():
     loss.backward()
     assert m.odefunc.net[0].weight.grad is None
     assert m.odefunc.net[2].weight.grad is not None and m.encoder[0].weight.grad is not None
+
+
+def test_encode_equals_the_encoder_in_value_and_gradient():
+    """encode() moves each ReLU after its max-pool; on images with flat background (ties in every pooling
+    window) the output and every parameter gradient equal the printed Sequential's exactly."""
+    torch.manual_seed(0)
+    m = NeuralODEModel()
+    x = torch.full((32, 1, 28, 28), -0.4242)
+    x[:, :, 6:22, 9:19] = torch.rand(32, 1, 16, 10) * 3
+    grads = []
+    for run in (m.encode, lambda x: m.encoder(x.contiguous(memory_format=torch.channels_last))):
+        m.zero_grad()
+        z = run(x)
+        (z * torch.linspace(-1, 1, 64)).sum().backward()
+        grads.append((z.detach(), [p.grad.clone() for p in m.encoder.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert torch.equal(a, b)
