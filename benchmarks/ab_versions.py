@@ -1,10 +1,10 @@
 """Time two versions of odenet side by side in one process (interleaved, medians), to measure one change.
 
-    python benchmarks/ab_versions.py REV_A REV_B [--rounds 40]
+    python benchmarks/ab_versions.py REV_A REV_B [--rounds 40] [--batch 64]
 
 REV is a git revision of this repository, or ``worktree``. Each version's ``odenet`` package is extracted to a
 temporary folder under another name and imported; both build the SPEC model from the same seed. Measured:
-one training step (batch 64, Adam, seed defaults), inference on a batch of 1000, and a long adjoint backward pass
+one training step (batch 64 or ``--batch``, Adam, seed defaults), inference on a batch of 1000, and a long adjoint backward pass
 (random tanh-bounded states, dopri5 with torchdiffeq's full norm: many backward steps).
 """
 import argparse
@@ -24,6 +24,7 @@ root = Path(__file__).resolve().parent.parent
 p = argparse.ArgumentParser()
 p.add_argument("revs", nargs=2)
 p.add_argument("--rounds", type=int, default=40)
+p.add_argument("--batch", type=int, default=64, help="training-step batch size")
 args = p.parse_args()
 tmp = Path(tempfile.mkdtemp())
 sys.path.insert(0, str(tmp))
@@ -45,7 +46,7 @@ for i, rev in enumerate(args.revs):
     versions[rev] = (m, opt)
 
 torch.manual_seed(1)
-x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+x, y = torch.randn(args.batch, 1, 28, 28), torch.randint(0, 10, (args.batch,))
 xi = torch.randn(1000, 1, 28, 28)
 z0 = torch.tanh(torch.randn(64, 64)).requires_grad_()
 times = {k: {"train step": [], "inference (1000)": [], "long adjoint backward": []} for k in versions}
@@ -66,7 +67,8 @@ for r in range(args.rounds):
         times[rev]["long adjoint backward"].append(time.perf_counter() - t3)
         times[rev]["train step"].append(t1 - t0)
         times[rev]["inference (1000)"].append(t2 - t1)
-print(f"{torch.get_num_threads()} torch threads, {args.rounds} interleaved rounds, medians in ms (first rounds dropped)")
+print(f"{torch.get_num_threads()} torch threads, {args.rounds} interleaved rounds, training batch {args.batch}, "
+      "medians in ms (first rounds dropped)")
 print("| measurement | " + " | ".join(args.revs) + " | ratio |\n|---|---|---|---|")
 for key in times[args.revs[0]]:
     med = [statistics.median(times[rev][key][2:]) * 1e3 for rev in args.revs]

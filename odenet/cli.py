@@ -49,7 +49,9 @@ TRAIN_FLAGS = [
 TRAIN_SWITCHES = [  # (flag, config key, value it sets, help)
     ("--no-adjoint", "adjoint", False, "backpropagate through the solver instead of the adjoint method"),
     ("--aug-flip", "aug_flip", True, "augmentation: mirror left-right with probability 1/2 (clothes, not digits)"),
+    ("--no-aug-flip", "aug_flip", False, "no mirrors (overrides a --config file)"),
     ("--seminorm", "seminorm", True, "adjoint backward error norm ignores the parameter adjoint"),
+    ("--no-seminorm", "seminorm", False, "adjoint backward error norm over every adjoint (overrides a --config file)"),
     ("--tensorboard", "tensorboard", True, "also log to TensorBoard (<run>/tensorboard)"),
     ("--no-report", "report", False, "do not write the figures and report.html at the end"),
     ("--no-verify-data", "verify_data", False, "skip the MD5 check of dataset files (for your own IDX files)"),

@@ -215,3 +215,17 @@ def test_augmentation_of_a_shard_equals_that_rows_of_the_whole_batch():
     torch.manual_seed(5)
     part = random_affine(x[4:7], 10, 2, 0.1, -0.4, rows=(4, 10))
     torch.testing.assert_close(part, whole[4:7])
+
+
+@pytest.mark.parametrize("name", ["best.yaml", "fashion.yaml"])
+def test_shipped_recipes_are_valid_and_keep_the_seed_network_and_solver(name):
+    from pathlib import Path
+
+    values = load_config_file(str(Path(__file__).parent.parent / "configs" / name))
+    cfg = Config.from_dict(values).validate()
+    seed = Config()
+    # training levers only: the network and the forward solve are the seed's
+    for key in ("ode_dim", "t_end", "solver", "rtol", "atol", "adjoint", "backend"):
+        assert getattr(cfg, key) == getattr(seed, key), key
+    assert cfg.dataset == ("fashion-mnist" if name == "fashion.yaml" else "mnist")
+    assert not (cfg.dataset == "mnist" and cfg.aug_flip)  # mirrors do not keep a digit's label

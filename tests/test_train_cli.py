@@ -223,14 +223,16 @@ def test_fashion_mnist_and_config_precedence(tmp_path, capsys, monkeypatch):
     from conftest import make_dataset
 
     root = make_dataset(tmp_path / "data", n_train=96, n_test=40, folder="FashionMNIST")
-    (tmp_path / "run.yaml").write_text("solver: euler\nstep-size: 0.5\nepochs: 1\nlr: 0.1\n")
+    (tmp_path / "run.yaml").write_text("solver: euler\nstep-size: 0.5\nepochs: 1\nlr: 0.1\nseminorm: true\n"
+                                       "aug-flip: true\n")
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--config", "run.yaml", "--lr", "0.002", "--dataset", "fashion-mnist", "--data-dir",
-                 str(root), "--no-verify-data", "--no-report", "--name", "f"]) == 0
+                 str(root), "--no-verify-data", "--no-report", "--name", "f", "--no-seminorm"]) == 0
     import yaml
 
     saved = yaml.safe_load((tmp_path / "runs" / "f" / "config.yaml").read_text())
     assert (saved["solver"], saved["step_size"], saved["epochs"], saved["lr"]) == ("euler", 0.5, 1, 0.002)
+    assert (saved["seminorm"], saved["aug_flip"]) == (False, True)  # a switch overrides the file, the file the default
     capsys.readouterr()
     assert main(["evaluate", "--model", "runs/f", "--json", "--device", "cpu"]) == 0
     ev = json.loads(capsys.readouterr().out)
