@@ -27,7 +27,7 @@ def test_train_writes_run_folder_and_learns(tiny_config):
     cfg = _fast(tiny_config, epochs=3, lr=3e-3)
     run = Path(cfg.out) / cfg.name
     summary = train(cfg, run, progress=False, log=lambda m: None)
-    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]
     keys = {"train_loss", "train_acc", "test_loss", "test_acc", "nfe_forward", "nfe_backward", "epoch_seconds",
             "images_per_s", "lr"}
@@ -63,8 +63,8 @@ def test_resume_reaches_identical_final_metrics(tiny_config):
     train(part, run, progress=False, log=lambda m: None)
     part.epochs = 2
     train(part, run, resume=True, progress=False, log=lambda m: None)
-    a = [json.loads(l) for l in (Path(full.out) / "full" / "metrics.jsonl").read_text().splitlines()]
-    b = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    a = [json.loads(s) for s in (Path(full.out) / "full" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(a) == len(b) == 2
     for k in ("train_loss", "test_loss", "test_acc", "nfe_forward", "nfe_backward"):
         assert a[-1][k] == b[-1][k], k
@@ -264,7 +264,7 @@ def test_validation_split_chooses_best_and_is_never_trained_on(tiny_config):
     cfg = _fast(tiny_config, name="val", epochs=3, lr=3e-3, val_size=64)
     run = Path(cfg.out) / "val"
     summary = train(cfg, run, progress=False, log=lambda m: None)
-    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     best = max(lines, key=lambda r: r["val_acc"])
     assert summary["best_epoch"] == best["epoch"] and summary["best_val_acc"] == best["val_acc"]
     assert checkpoint.load(str(run / "checkpoints" / "best.pt"))["epoch"] == best["epoch"]
