@@ -217,7 +217,7 @@ def test_augmentation_of_a_shard_equals_that_rows_of_the_whole_batch():
     torch.testing.assert_close(part, whole[4:7])
 
 
-@pytest.mark.parametrize("name", ["best.yaml", "fashion.yaml"])
+@pytest.mark.parametrize("name", ["best.yaml", "best-v1.yaml", "fashion.yaml"])
 def test_shipped_recipes_are_valid_and_keep_the_seed_network_and_solver(name):
     from pathlib import Path
 

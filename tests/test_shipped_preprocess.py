@@ -32,6 +32,20 @@ def test_shipped_model_is_small_float32_and_complete():
     assert set(state["flow_map"]) == {"mean", "components", "paths", "labels", "explained"}
 
 
+def test_shipped_models_command_reproduces_its_configuration(monkeypatch):
+    import shlex
+
+    from odenet.cli import _train_config, build_parser
+
+    state = load(str(SHIPPED))
+    monkeypatch.chdir(ROOT)  # the command names configs/ relative to the repository
+    cfg = _train_config(build_parser().parse_args(shlex.split(state["command"])[1:]))
+    made = dict(state["config"])
+    for key in ("data_dir", "out", "device", "name", "report", "tensorboard"):  # where it ran, not what it trained
+        made.pop(key)
+    assert {k: getattr(cfg, k) for k in made} == made
+
+
 def stated_accuracy() -> float:
     m = re.search(r"shipped model[^\n]*?\*\*(\d+\.\d+)%\*\*", (ROOT / "README.md").read_text())
     assert m, "README states the shipped model's test accuracy as **NN.NN%**"
