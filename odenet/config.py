@@ -80,7 +80,7 @@ class Config:
         for k, v in nonneg.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
                 raise OdenetError(f"{k.replace('_', '-')} must be a finite number >= 0, got {v!r}")
-        for k in ("aug_flip", "adjoint", "seminorm", "verify_data", "tensorboard", "report"):
+        for k in (f.name for f in fields(self) if f.type == "bool"):  # annotations are strings here
             if not isinstance(getattr(self, k), bool):
                 raise OdenetError(f"{k.replace('_', '-')} must be true or false, got {getattr(self, k)!r}")
         if int(self.val_size) != self.val_size:
