@@ -35,6 +35,8 @@ class Config:
     aug_translate: float = 0.0  # random shift, +- pixels
     aug_scale: float = 0.0  # random zoom, +- fraction
     aug_flip: bool = False  # random left-right mirror (label-preserving for clothes, not for digits)
+    aug_elastic: float = 0.0  # elastic distortion: rms displacement in pixels of a smooth random field; 0: off
+    aug_elastic_sigma: float = 4.0  # the field's smoothness: Gaussian blur in pixels
     val_size: int = 0  # images carved from the training set to choose best.pt; 0: train on all, no selection
     t_end: float = 1.0
     ode_dim: int = 64
@@ -67,7 +69,8 @@ class Config:
 
         positive = dict(batch_size=self.batch_size, epochs=self.epochs, lr=self.lr, t_end=self.t_end,
                         ode_dim=self.ode_dim, rtol=self.rtol, atol=self.atol, step_size=self.step_size,
-                        max_steps=self.max_steps, eval_batch_size=self.eval_batch_size)
+                        max_steps=self.max_steps, eval_batch_size=self.eval_batch_size,
+                        aug_elastic_sigma=self.aug_elastic_sigma)
         for k, v in positive.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or v != v or v == float("inf"):
                 raise OdenetError(f"{k.replace('_', '-')} must be a positive finite number, got {v!r}")
@@ -76,7 +79,8 @@ class Config:
                 raise OdenetError(f"{k.replace('_', '-')} must be an integer, got {getattr(self, k)!r}")
         nonneg = dict(weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs, ema=self.ema,
                       label_smoothing=self.label_smoothing, aug_rotate=self.aug_rotate,
-                      aug_translate=self.aug_translate, aug_scale=self.aug_scale, val_size=self.val_size)
+                      aug_translate=self.aug_translate, aug_scale=self.aug_scale, aug_elastic=self.aug_elastic,
+                      val_size=self.val_size)
         for k, v in nonneg.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
                 raise OdenetError(f"{k.replace('_', '-')} must be a finite number >= 0, got {v!r}")

@@ -187,10 +187,14 @@ def carve_validation(split: Split, size: int, seed: int) -> Tuple[Split, Optiona
 
 
 def random_affine(x: torch.Tensor, rotate: float, translate: float, scale: float,
-                  background: float, rows: Optional[Tuple[int, int]] = None, flip: bool = False) -> torch.Tensor:
+                  background: float, rows: Optional[Tuple[int, int]] = None, flip: bool = False,
+                  elastic: float = 0.0, elastic_sigma: float = 4.0) -> torch.Tensor:
     """Each image of ``x`` ``(B, C, H, W)`` rotated by up to +-``rotate`` degrees, shifted by up to
     +-``translate`` pixels and zoomed by up to +-``scale``, on ``x``'s device, in one ``grid_sample``;
-    with ``flip``, also mirrored left-right with probability 1/2 (for clothes, not for digits).
+    with ``flip``, also mirrored left-right with probability 1/2 (for clothes, not for digits);
+    with ``elastic`` > 0, also warped by a smooth random displacement field (Simard et al. 2003): white
+    noise smoothed by a Gaussian of ``elastic_sigma`` pixels, scaled so each pixel moves ``elastic``
+    pixels (root mean square, per axis).
 
     Pixels that come from outside the image take the value ``background``. Labels are unchanged.
     ``rows=(start, total)``: draw the transforms of a whole batch of ``total`` images and apply rows
@@ -209,8 +213,34 @@ def random_affine(x: torch.Tensor, rotate: float, translate: float, scale: float
         mirror = torch.rand(total, device=x.device)[start:start + B] < 0.5
         theta[:, :, 0] = torch.where(mirror[:, None], -theta[:, :, 0], theta[:, :, 0])  # input x <- -x
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if elastic > 0:  # drawn last, so runs without it keep their random stream
+        shift = elastic * _smooth_field(B, (H, W), elastic_sigma, x.device, x.dtype, (start, total))  # pixels
+        grid = grid + shift.permute(0, 2, 3, 1) * torch.tensor([2.0 / W, 2.0 / H], device=x.device, dtype=x.dtype)
     out = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out + background
+
+
+def _smooth_field(n: int, size: Tuple[int, int], sigma: float, device: torch.device, dtype: torch.dtype,
+                  draw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """``n`` random smooth fields ``(n, 2, H, W)``: white noise blurred by a Gaussian of ``sigma`` pixels, with
+    unit variance at every pixel. ``draw=(start, total)`` draws ``total`` fields and returns rows ``start:start+n``.
+
+    The noise lives on a grid with a spacing of about ``sigma / 2`` pixels (4x fewer random numbers at
+    ``sigma`` 4, the cost that dominates) and the blur is two small matrix products, rows then columns.
+    Each blur row is scaled to unit norm, so pixels near the border move as much as the others.
+    """
+    start, total = draw if draw is not None else (0, n)
+    H, W = size
+    stride = max(1, int(sigma // 2))
+    noise = torch.randn(total, 2, -(-H // stride), -(-W // stride), device=device, dtype=dtype)[start:start + n]
+
+    def blur(n_out: int, n_in: int) -> torch.Tensor:  # (n_out, n_in): pixel centres from noise points
+        out = torch.arange(n_out, device=device, dtype=dtype)
+        src = (torch.arange(n_in, device=device, dtype=dtype) + 0.5) * (n_out / n_in) - 0.5
+        k = torch.exp(-0.5 * ((out[:, None] - src[None, :]) / sigma) ** 2)
+        return k / k.norm(dim=1, keepdim=True)
+
+    return blur(H, noise.shape[2]) @ noise @ blur(W, noise.shape[3]).t()
 
 
 def background_value(dataset: str) -> float:

@@ -156,7 +156,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
     train_set = load(cfg.dataset, cfg.data_dir, True, device, cfg.train_subset, cfg.verify_data)
     test_set = load(cfg.dataset, cfg.data_dir, False, device, cfg.test_subset, cfg.verify_data)
     train_set, val_set = carve_validation(train_set, cfg.val_size, cfg.seed)
-    augment = cfg.aug_rotate > 0 or cfg.aug_translate > 0 or cfg.aug_scale > 0 or cfg.aug_flip
+    augment = cfg.aug_rotate > 0 or cfg.aug_translate > 0 or cfg.aug_scale > 0 or cfg.aug_flip or cfg.aug_elastic > 0
     background = background_value(cfg.dataset)
     n_classes = len(class_names(cfg.dataset))
 
@@ -204,7 +204,8 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
                 x = shard.x
                 if augment:
                     x = random_affine(x, cfg.aug_rotate, cfg.aug_translate, cfg.aug_scale, background,
-                                      rows=(shard.start, shard.total), flip=cfg.aug_flip)
+                                      rows=(shard.start, shard.total), flip=cfg.aug_flip,
+                                      elastic=cfg.aug_elastic, elastic_sigma=cfg.aug_elastic_sigma)
                 try:
                     st = train_step(model, opt, x, shard.y, cfg.label_smoothing, net=net, ctx=ctx,
                                     weight=shard.weight, stop=stop.signal is not None)

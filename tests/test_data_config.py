@@ -1,5 +1,6 @@
 """Data loading from IDX files, MD5 checks, and configuration validation."""
 import gzip
+import math
 import stat
 
 import numpy as np
@@ -178,6 +179,7 @@ def test_flip_mirrors_about_half_the_images_and_leaves_the_stream_of_other_runs_
     ("aug_flip", "yes", "aug-flip must be true or false"), ("seminorm", 1, "seminorm must be true or false"),
     ("val_size", -1, "val-size must be"), ("ema", 1.0, "below 1"), ("optimizer", "sgd", "unknown optimizer"),
     ("label_smoothing", float("nan"), "label-smoothing must be"), ("aug_rotate", -5, "aug-rotate must be"),
+    ("aug_elastic", -1.0, "aug-elastic must be"), ("aug_elastic_sigma", 0.0, "aug-elastic-sigma must be"),
 ])
 def test_recipe_settings_are_validated(key, value, msg):
     with pytest.raises(OdenetError, match=msg):
@@ -211,10 +213,50 @@ def test_augmentation_of_a_shard_equals_that_rows_of_the_whole_batch():
 
     x = torch.randn(10, 1, 28, 28)
     torch.manual_seed(5)
-    whole = random_affine(x, 10, 2, 0.1, -0.4)
+    whole = random_affine(x, 10, 2, 0.1, -0.4, flip=True, elastic=1.5)
     torch.manual_seed(5)
-    part = random_affine(x[4:7], 10, 2, 0.1, -0.4, rows=(4, 10))
+    part = random_affine(x[4:7], 10, 2, 0.1, -0.4, rows=(4, 10), flip=True, elastic=1.5)
     torch.testing.assert_close(part, whole[4:7])
+
+
+def test_elastic_field_is_smooth_with_unit_variance_at_every_pixel():
+    from odenet.data import _smooth_field
+
+    torch.manual_seed(0)
+    f = _smooth_field(4000, (28, 28), 4.0, torch.device("cpu"), torch.float32)
+    assert f.shape == (4000, 2, 28, 28)
+    std = f.std(0)  # per pixel and axis, over the fields
+    assert ((std - 1).abs() < 0.06).all()  # borders and corners move as much as the centre
+    assert f.mean().abs() < 0.02
+    # a Gaussian blur of sigma s correlates values d pixels apart by exp(-d^2 / (4 s^2))
+    for d in (1, 4, 8):
+        corr = (f[..., 6:22 - d] * f[..., 6 + d:22]).mean()
+        assert abs(corr - math.exp(-d * d / 64)) < 0.04, (d, corr)
+    torch.manual_seed(1)
+    whole = _smooth_field(10, (28, 28), 4.0, torch.device("cpu"), torch.float32)
+    torch.manual_seed(1)
+    torch.testing.assert_close(_smooth_field(3, (28, 28), 4.0, torch.device("cpu"), torch.float32, (4, 10)), whole[4:7])
+
+
+def test_elastic_distortion_warps_digits_and_leaves_the_stream_of_other_runs_alone():
+    from odenet.data import background_value, random_affine
+
+    bg = background_value("mnist")
+    x = torch.full((64, 1, 28, 28), bg)
+    x[:, :, 8:20, 12:16] = 2.0  # a stroke
+    torch.manual_seed(6)
+    plain = random_affine(x, 10, 2, 0.1, bg)
+    change = []
+    for elastic in (1e-4, 1.0, 2.0):
+        torch.manual_seed(6)
+        out = random_affine(x, 10, 2, 0.1, bg, elastic=elastic)
+        assert out.shape == x.shape and out.dtype == x.dtype
+        change.append((out - plain).abs().mean().item())
+        mass = (out - bg).sum((1, 2, 3)) / (x - bg).sum((1, 2, 3))
+        # the stroke is bent and locally stretched or squeezed (area changes), never erased; on average kept
+        assert (mass > 0.3).all() and 0.85 < mass.mean() < 1.15
+    # the affine numbers are drawn first: a vanishing field gives the elastic-free transform
+    assert change[0] < 1e-3 < change[1] < change[2]
 
 
 @pytest.mark.parametrize("name", ["best.yaml", "best-v1.yaml", "fashion.yaml"])
