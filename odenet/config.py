@@ -37,6 +37,7 @@ class Config:
     aug_flip: bool = False  # random left-right mirror (label-preserving for clothes, not for digits)
     aug_elastic: float = 0.0  # elastic distortion: rms displacement in pixels of a smooth random field; 0: off
     aug_elastic_sigma: float = 4.0  # the field's smoothness: Gaussian blur in pixels
+    aug_off_epochs: int = 0  # the last N epochs train on the images as they are (no augmentation)
     val_size: int = 0  # images carved from the training set to choose best.pt; 0: train on all, no selection
     t_end: float = 1.0
     ode_dim: int = 64
@@ -80,15 +81,16 @@ class Config:
         nonneg = dict(weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs, ema=self.ema,
                       label_smoothing=self.label_smoothing, aug_rotate=self.aug_rotate,
                       aug_translate=self.aug_translate, aug_scale=self.aug_scale, aug_elastic=self.aug_elastic,
-                      val_size=self.val_size)
+                      aug_off_epochs=self.aug_off_epochs, val_size=self.val_size)
         for k, v in nonneg.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
                 raise OdenetError(f"{k.replace('_', '-')} must be a finite number >= 0, got {v!r}")
         for k in (f.name for f in fields(self) if f.type == "bool"):  # annotations are strings here
             if not isinstance(getattr(self, k), bool):
                 raise OdenetError(f"{k.replace('_', '-')} must be true or false, got {getattr(self, k)!r}")
-        if int(self.val_size) != self.val_size:
-            raise OdenetError(f"val-size must be an integer, got {self.val_size!r}")
+        for k in ("val_size", "aug_off_epochs"):
+            if int(getattr(self, k)) != getattr(self, k):
+                raise OdenetError(f"{k.replace('_', '-')} must be an integer, got {getattr(self, k)!r}")
         if self.ema >= 1 or self.label_smoothing >= 1 or self.aug_scale >= 1:
             raise OdenetError("ema, label-smoothing and aug-scale must be below 1")
         if self.optimizer not in OPTIMIZERS:

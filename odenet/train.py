@@ -202,7 +202,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
                 for group in opt.param_groups:
                     group["lr"] = step_lr(cfg, epoch, b, n_batches)
                 x = shard.x
-                if augment:
+                if augment and epoch < cfg.epochs - cfg.aug_off_epochs:
                     x = random_affine(x, cfg.aug_rotate, cfg.aug_translate, cfg.aug_scale, background,
                                       rows=(shard.start, shard.total), flip=cfg.aug_flip,
                                       elastic=cfg.aug_elastic, elastic_sigma=cfg.aug_elastic_sigma)

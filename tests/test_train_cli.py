@@ -289,3 +289,23 @@ def test_recipe_levers_train_and_resume_identically(tiny_config):
     # the evaluated (EMA) weights differ from the trained ones, and lag behind them
     assert any(not torch.equal(a["model"][k], a["train_model"][k]) for k in a["model"])
     assert a["history"][-1]["lr"] == pytest.approx(3e-3 * 0.5 * (1 + np.cos(np.pi / 2)))
+
+
+def test_aug_off_epochs_trains_the_last_epochs_on_plain_images(tiny_config, monkeypatch):
+    import odenet.train as train_module
+
+    seen = []  # images in each augmented batch
+    real = train_module.random_affine
+
+    def spy(x, *a, **k):
+        seen.append(len(x))
+        return real(x, *a, **k)
+
+    monkeypatch.setattr(train_module, "random_affine", spy)
+    cfg = _fast(tiny_config, name="off", epochs=3, aug_rotate=10, aug_elastic=1.0, aug_off_epochs=2)
+    train(cfg, Path(cfg.out) / "off", progress=False, log=lambda m: None)
+    n_train = len(train_module.load(cfg.dataset, cfg.resolved_data_dir(), True, torch.device("cpu"),
+                                    cfg.train_subset, False))
+    assert sum(seen) == n_train  # every image of epoch 1 augmented, none of epochs 2 and 3
+    with pytest.raises(OdenetError, match="aug-off-epochs must be an integer"):
+        Config(aug_off_epochs=1.5).validate()
