@@ -75,9 +75,6 @@ class Config:
         for k, v in positive.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or v != v or v == float("inf"):
                 raise OdenetError(f"{k.replace('_', '-')} must be a positive finite number, got {v!r}")
-        for k in ("batch_size", "epochs", "ode_dim", "max_steps", "eval_batch_size"):
-            if int(getattr(self, k)) != getattr(self, k):
-                raise OdenetError(f"{k.replace('_', '-')} must be an integer, got {getattr(self, k)!r}")
         nonneg = dict(weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs, ema=self.ema,
                       label_smoothing=self.label_smoothing, aug_rotate=self.aug_rotate,
                       aug_translate=self.aug_translate, aug_scale=self.aug_scale, aug_elastic=self.aug_elastic,
@@ -88,7 +85,7 @@ class Config:
         for k in (f.name for f in fields(self) if f.type == "bool"):  # annotations are strings here
             if not isinstance(getattr(self, k), bool):
                 raise OdenetError(f"{k.replace('_', '-')} must be true or false, got {getattr(self, k)!r}")
-        for k in ("val_size", "aug_off_epochs"):
+        for k in ("batch_size", "epochs", "ode_dim", "max_steps", "eval_batch_size", "val_size", "aug_off_epochs"):
             if int(getattr(self, k)) != getattr(self, k):
                 raise OdenetError(f"{k.replace('_', '-')} must be an integer, got {getattr(self, k)!r}")
         if self.ema >= 1 or self.label_smoothing >= 1 or self.aug_scale >= 1:
