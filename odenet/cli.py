@@ -29,6 +29,8 @@ TRAIN_FLAGS = [
     ("--aug-elastic", "aug_elastic", float, "augmentation: elastic distortion, rms displacement in pixels (0: off)"),
     ("--aug-elastic-sigma", "aug_elastic_sigma", float, "smoothness of the elastic distortion: Gaussian blur, pixels"),
     ("--aug-off-epochs", "aug_off_epochs", int, "the last N epochs train on the images as they are, unaugmented"),
+    ("--kinetic", "kinetic", float, "kinetic-energy regularization: weight of each image's integral of |dz/dt|^2 "
+                                   "over [0, T] in the loss (Finlay et al. 2020; adjoint only; 0: off)"),
     ("--val-size", "val_size", int, "training images held out as a validation split that chooses best.pt; "
                                     "0 trains on all of them and evaluate/predict use the final model"),
     ("--t-end", "t_end", float, "final integration time T"),

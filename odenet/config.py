@@ -38,6 +38,7 @@ class Config:
     aug_elastic: float = 0.0  # elastic distortion: rms displacement in pixels of a smooth random field; 0: off
     aug_elastic_sigma: float = 4.0  # the field's smoothness: Gaussian blur in pixels
     aug_off_epochs: int = 0  # the last N epochs train on the images as they are (no augmentation)
+    kinetic: float = 0.0  # kinetic-energy regularization: weight of each image's integral |f(z(t))|^2 dt in the loss
     val_size: int = 0  # images carved from the training set to choose best.pt; 0: train on all, no selection
     t_end: float = 1.0
     ode_dim: int = 64
@@ -78,7 +79,8 @@ class Config:
         nonneg = dict(weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs, ema=self.ema,
                       label_smoothing=self.label_smoothing, aug_rotate=self.aug_rotate,
                       aug_translate=self.aug_translate, aug_scale=self.aug_scale, aug_elastic=self.aug_elastic,
-                      aug_off_epochs=self.aug_off_epochs, val_size=self.val_size)
+                      aug_off_epochs=self.aug_off_epochs, val_size=self.val_size,
+                      kinetic=self.kinetic)
         for k, v in nonneg.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
                 raise OdenetError(f"{k.replace('_', '-')} must be a finite number >= 0, got {v!r}")
@@ -103,6 +105,9 @@ class Config:
         if self.backend not in BACKENDS:
             raise OdenetError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         resolve_backend(self.solver, self.backend)
+        if self.kinetic > 0 and not (self.adjoint and resolve_backend(self.solver, self.backend) == "native"):
+            raise OdenetError("kinetic needs the adjoint method of the native backend (its gradient is added in the "
+                              "adjoint's backward pass); drop --no-adjoint / --backend torchdiffeq or set kinetic 0")
         if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
             raise OdenetError(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
         return self

@@ -86,15 +86,20 @@ class StepStats(NamedTuple):
 
 def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                label_smoothing: float = 0.0, *, net: Optional[torch.nn.Module] = None,
-               ctx: distributed.Context = distributed.SINGLE, weight: float = 1.0, stop: bool = False) -> StepStats:
+               ctx: distributed.Context = distributed.SINGLE, weight: float = 1.0, stop: bool = False,
+               kinetic: float = 0.0) -> StepStats:
     """One optimisation step on a batch, or under DDP (``net`` wraps ``model``) on this rank's shard of it.
 
     The ranks sum their loss, counts and flags before the backward pass, so they all step, all stop
     (``stop``: a signal arrived; raises ``KeyboardInterrupt``) or all raise ``DivergenceError`` (a
     non-finite loss or a failed solve) before any update. Under DDP a rank's loss is its shard's loss sum
     times ``world / batch size``: DDP's gradient average is then exactly the mean over the whole batch.
-    ``weight`` 0 marks a stand-in image (see ``Split.shards``).
+    ``weight`` 0 marks a stand-in image (see ``Split.shards``). ``kinetic`` > 0 adds ``kinetic`` times each
+    image's ``integral_0^T |f(z(t))|^2 dt`` to its loss; its gradient comes from the adjoint pass (``ODEFunc.vjp``).
     """
+    if kinetic and not (model.odeblock.adjoint and resolve_backend(model.odeblock.method, model.odeblock.backend)
+                        == "native" and all(p.requires_grad for p in model.odefunc.parameters())):
+        raise OdenetError("kinetic needs the native adjoint with every ODE parameter trainable")
     net = net or model
     model.nfe = 0
     failure, loss_sum, correct = "", 0.0, 0.0
@@ -117,7 +122,12 @@ def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tenso
     if not math.isfinite(loss_sum):
         raise ctx.agreed(DivergenceError(f"loss is {loss_sum / n}"))
     opt.zero_grad(set_to_none=True)
-    (loss * (ctx.world * weight / n) if ctx.active else loss).backward()
+    scale = ctx.world * weight / n if ctx.active else 1.0 / len(y)  # of a per-image term, as the loss's own
+    model.odefunc.kinetic = kinetic * scale
+    try:
+        (loss * (ctx.world * weight / n) if ctx.active else loss).backward()
+    finally:
+        model.odefunc.kinetic = 0.0
     opt.step()
     return StepStats(loss_sum / n, correct, n, nfe_f / ctx.world, model.nfe)
 
@@ -208,7 +218,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
                                       elastic=cfg.aug_elastic, elastic_sigma=cfg.aug_elastic_sigma)
                 try:
                     st = train_step(model, opt, x, shard.y, cfg.label_smoothing, net=net, ctx=ctx,
-                                    weight=shard.weight, stop=stop.signal is not None)
+                                    weight=shard.weight, stop=stop.signal is not None, kinetic=cfg.kinetic)
                 except (DivergenceError, SolverError, AssertionError) as e:  # a backward solve fails here
                     if isinstance(e, AssertionError) and not _solver_failure(e):
                         raise

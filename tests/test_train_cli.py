@@ -143,6 +143,9 @@ def test_cli_end_to_end(synth_dir, tmp_path, capsys, monkeypatch):
     (["train", "--resume", "nowhere"], "not a resumable run folder"),
     (["evaluate", "--model", "missing-run"], "no such run folder"),
     (["train", "--config", "missing.yaml"], "config file not found"),
+    (["train", "--kinetic", "-1"], "kinetic must be a finite number >= 0"),
+    (["train", "--kinetic", "0.01", "--no-adjoint"], "kinetic needs the adjoint method of the native backend"),
+    (["train", "--kinetic", "0.01", "--backend", "torchdiffeq"], "kinetic needs the adjoint method"),
 ])
 def test_cli_bad_input_one_line_error(argv, msg, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -309,3 +312,25 @@ def test_aug_off_epochs_trains_the_last_epochs_on_plain_images(tiny_config, monk
     assert sum(seen) == n_train  # every image of epoch 1 augmented, none of epochs 2 and 3
     with pytest.raises(OdenetError, match="aug-off-epochs must be an integer"):
         Config(aug_off_epochs=1.5).validate()
+
+
+def test_kinetic_regularization_slows_the_flow(tiny_config):
+    """With a kinetic-energy weight the learned dynamics move the states less: integral |f|^2 dt shrinks."""
+    energies = {}
+    for name, w in (("plain", 0.0), ("kinetic", 1.0)):
+        cfg = _fast(tiny_config, name=name, epochs=2, kinetic=w)
+        train(cfg, Path(cfg.out) / name, progress=False, log=lambda m: None)
+        model, _, _ = checkpoint.load_model(str(Path(cfg.out) / name / "checkpoints" / "last.pt"))
+        assert model.odefunc.kinetic == 0.0
+        x = _test_images(cfg)[:200]
+        with torch.no_grad():
+            zs = model.odeblock.trajectory(model.encode(x), torch.linspace(0, 1, 11).tolist(), method="rk4",
+                                           step_size=0.05)
+            energies[name] = torch.stack([(model.odefunc(0, z) ** 2).sum(1) for z in zs]).mean().item()
+    assert energies["kinetic"] < 0.5 * energies["plain"], energies
+
+
+def _test_images(cfg: Config) -> torch.Tensor:
+    from odenet.data import load
+
+    return load(cfg.dataset, cfg.resolved_data_dir(), False, torch.device("cpu"), None, False).x
