@@ -93,17 +93,20 @@ def test_one_step_on_two_ranks_equals_one_process(synth_dir, tmp_path, solver, e
 
 
 def test_recipe_epoch_on_two_ranks_equals_one_process(synth_dir, tmp_path):
-    """A whole epoch of the recipe's levers, with a last batch of one image (one rank gets a stand-in)."""
-    flags = {"--solver": "rk4", "--step-size": 0.5, "--batch-size": 64, "--train-subset": 193, "--epochs": 2,
+    """Two epochs of the recipe's levers, with a last batch of 3 images split 1 / 2 over the ranks.
+
+    The kinetic term is weighted like the loss on each rank, so its gradient after DDP's average is the one
+    process's even where the shards differ in size."""
+    flags = {"--solver": "rk4", "--step-size": 0.5, "--batch-size": 64, "--train-subset": 163, "--epochs": 2,
              "--test-subset": 64, "--val-size": 32, "--optimizer": "adamw", "--weight-decay": 0.05,
              "--label-smoothing": 0.1, "--ema": 0.9, "--warmup-epochs": 1, "--lr": 3e-3,
-             "--aug-rotate": 10, "--aug-translate": 2, "--aug-scale": 0.1}
+             "--aug-rotate": 10, "--aug-translate": 2, "--aug-scale": 0.1, "--kinetic": 0.5}
     rc, out, err = _torchrun(_flags(synth_dir, tmp_path, "ddp", **flags))
     assert rc == 0, err[-2000:]
     one = _single(synth_dir, tmp_path, "one", **flags)
     (two_state, two_metrics), (one_state, one_metrics) = _states(tmp_path / "ddp"), _states(one)
-    # 193 - 32 validation = 161 images: batches of 64, 64, 33 -> every image counted once per epoch
-    assert [r["train_images"] for r in two_metrics] == [161, 161]
+    # 163 - 32 validation = 131 images: batches of 64, 64, 3 -> every image counted once per epoch
+    assert [r["train_images"] for r in two_metrics] == [131, 131]
     for a, b in zip(two_metrics, one_metrics):
         for k in ("train_loss", "train_acc", "val_acc", "test_acc", "test_loss"):
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
