@@ -52,6 +52,11 @@ def test_figure_data_is_consistent(tiny_run, tmp_path):
     pca = figures.ode_trajectories(data.traj, data.traj_labels, data.ts, tmp_path / "tr.png", names)
     ev = pca["explained_variance_ratio"]
     assert np.all((ev >= 0) & (ev <= 1)) and ev.sum() <= 1 + 1e-9
+    flow = report.flow_stats(data)
+    assert flow["displacement"] == pytest.approx(np.linalg.norm(data.zT - data.z0, axis=1).mean())
+    # Cauchy-Schwarz: integral |f|^2 dt >= |z(T) - z(0)|^2 / T, with equality for straight paths at constant speed
+    d2 = (np.linalg.norm(data.traj[-1] - data.traj[0], axis=1) ** 2).mean()
+    assert flow["kinetic"] >= 0.95 * d2 / model.odeblock.t_end > 0
     s = report.separation_scores(data.zT, data.labels)
     assert 0 <= s["knn_acc"] <= 1 and -1 <= s["silhouette"] <= 1
     for name in ("cm.png", "tr.png"):
@@ -68,6 +73,7 @@ def test_report_writes_six_pngs_and_self_contained_html(tiny_run, capsys):
     assert len(imgs) == 6 and all(base64.b64decode(i).startswith(PNG) for i in imgs)
     assert "http://" not in page and "https://" not in page
     assert "NeuralODEModel(" in page and "dopri5" in page
+    assert "how far the ODE moves a state" in page and "kinetic energy" in page
 
 
 def test_report_bad_folder(tmp_path, capsys):
