@@ -122,10 +122,10 @@ def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tenso
     if not math.isfinite(loss_sum):
         raise ctx.agreed(DivergenceError(f"loss is {loss_sum / n}"))
     opt.zero_grad(set_to_none=True)
-    scale = ctx.world * weight / n if ctx.active else 1.0 / len(y)  # of a per-image term, as the loss's own
+    scale = ctx.world * weight / n if ctx.active else 1.0 / len(y)  # of a per-image sum (the loss is one here)
     model.odefunc.kinetic = kinetic * scale
     try:
-        (loss * (ctx.world * weight / n) if ctx.active else loss).backward()
+        (loss * scale if ctx.active else loss).backward()
     finally:
         model.odefunc.kinetic = 0.0
     opt.step()
