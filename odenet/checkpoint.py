@@ -1,8 +1,6 @@
 """Checkpoints: written atomically (temp file + rename), read with ``weights_only=True``, validated."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -10,30 +8,11 @@ import torch
 
 from .config import Config
 from .errors import OdenetError
+from .files import atomic_write_bytes
 from .model import NeuralODEModel
 
 FORMAT = "odenet-checkpoint"
 VERSION = 1
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temp file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def save(path: Path, state: Dict[str, Any]) -> None:

@@ -7,8 +7,11 @@ solver controls applied at once. Every handler turns bad input into a message on
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import tempfile
+import threading
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -17,6 +20,7 @@ import torch
 
 from .data import class_names, normalize
 from .errors import OdenetError
+from .files import write_once
 from .flow import Flow, FlowMap, decision_along_flow
 from .model import NeuralODEModel
 from .ode import NATIVE_METHODS, is_adaptive
@@ -27,14 +31,35 @@ log = logging.getLogger("odenet.demo")
 
 
 class Predictor:
-    """The model, its class names and flow map, and the rendering of one prediction (no Gradio inside)."""
+    """The model, its class names and flow map, and the rendering of one prediction (no Gradio inside).
 
-    def __init__(self, model: NeuralODEModel, dataset: str, fmap: Optional[FlowMap]):
+    Safe to call from many request threads: one lock serialises the model and the two cached figures, and the
+    images the page serves are files named by their content, written once (atomically) into ``out_dir`` and
+    never rewritten, so a reply streaming one of them can't see it change under it when another request
+    produces the same picture.
+    """
+
+    def __init__(self, model: NeuralODEModel, dataset: str, fmap: Optional[FlowMap], out_dir: Optional[Path] = None):
         self.model, self.dataset, self.fmap = model.eval(), dataset, fmap
         self.names = class_names(dataset)
         self.device = next(model.parameters()).device
         self._flow_fig = self._path_fig = None
         self._backgrounds: Dict[int, object] = {}
+        self.out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="odenet-demo-"))
+        self.lock = threading.Lock()
+
+    def image_file(self, image: np.ndarray) -> str:
+        """A PNG file of ``image`` (grey or RGB uint8), named by its content and written once."""
+        data = png_bytes(image)
+        return str(write_once(self.out_dir, hashlib.sha256(data).hexdigest()[:40] + ".png", data))
+
+    def render(self, image: np.ndarray, solver: str, rtol: float, atol: float, step: float,
+               t_end: float) -> Tuple[Flow, str, str]:
+        """The flow of ``image`` and its two figures as files: ``(flow, flow figure path, path figure path)``."""
+        with self.lock:
+            flow = self.flow(image, solver, rtol, atol, step, t_end)
+            figs = self.flow_figure(flow), self.path_figure(flow)
+        return (flow, *map(self.image_file, figs))
 
     def flow(self, image: np.ndarray, solver: str, rtol: float, atol: float, step: float, t_end: float) -> Flow:
         """The flow of a 28x28 uint8 image under the given solver settings."""
@@ -189,12 +214,12 @@ def build_app(pred: Predictor):
         empty = (None, None, HINT, None, None)
         if image is None:
             return empty
+        view = pred.image_file(_view(image))
         try:
-            flow = pred.flow(image, solver, rtol, atol, step, t_end)
+            flow, flow_png, path_png = pred.render(image, solver, rtol, atol, step, t_end)
         except OdenetError as e:
-            return (_view(image), None, f"⚠ {e}", None, None)
-        figs = pred.flow_figure(flow), pred.path_figure(flow)
-        return (_view(image), pred.probabilities(flow), pred.summary(flow, solver), *figs)
+            return (view, None, f"⚠ {e}", None, None)
+        return (view, pred.probabilities(flow), pred.summary(flow, solver), flow_png, path_png)
 
     def prepare(source) -> Tuple[Optional[np.ndarray], str]:
         from .preprocess import prepare_image
@@ -273,7 +298,7 @@ def serve(model_ref: str, host: str = "127.0.0.1", port: int = 7860, share: bool
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """An RGB image as PNG bytes, as the page sends it (for the latency benchmark)."""
+    """A grey or RGB uint8 image as PNG bytes, as the page sends it."""
     from PIL import Image
 
     buf = io.BytesIO()

@@ -14,6 +14,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from .files import atomic_write_bytes
 from .model import NeuralODEModel
 
 MAP_FILE = "flow_map.pt"
@@ -99,7 +100,6 @@ def build_flow_map(model: NeuralODEModel, x: torch.Tensor, y: torch.Tensor, per_
 
 def cached_flow_map(run: Path, model: NeuralODEModel, load_test) -> Optional[FlowMap]:
     """The run folder's cached map, or one built from the test set (``load_test() -> Split``) and cached."""
-    from .checkpoint import atomic_write_bytes
 
     path = Path(run) / MAP_FILE
     if path.is_file():

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from . import figures
-from .checkpoint import atomic_write_text, chosen_by, load_model, resolve_path
+from .checkpoint import chosen_by, load_model, resolve_path
+from .files import atomic_write_text
 from .data import STATS, Split, class_names, load
 from .errors import OdenetError
 from .model import NeuralODEModel

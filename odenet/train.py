@@ -24,6 +24,7 @@ from .config import Config, step_lr
 from .data import background_value, carve_validation, class_names, load, random_affine
 from .errors import DivergenceError, Interrupted, OdenetError, SolverError
 from .evaluate import run_eval
+from .files import atomic_write_text
 from .model import NeuralODEModel
 from .ode import resolve_backend
 
@@ -133,7 +134,7 @@ def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tenso
 
 
 def _write_metrics(run: Path, history: List[Dict]) -> None:
-    checkpoint.atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
 
 def _solver_failure(e: BaseException) -> bool:
@@ -195,7 +196,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
     net = distributed.wrap(model, ctx)
     writer = None
     if main:
-        checkpoint.atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         _write_metrics(run, history)
         writer = _tensorboard_class()(str(run / "tensorboard")) if cfg.tensorboard else None
 
@@ -299,7 +300,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
         best = max(history, key=lambda r: r["val_acc"])
         summary.update(best_epoch=best["epoch"], best_val_acc=best["val_acc"], test_acc_at_best=best["test_acc"])
     if main:
-        checkpoint.atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -1,0 +1,40 @@
+"""Files written so that no reader ever sees half of one: a temp file beside the target, then a rename."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(file_object)`` on a temp file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def write_once(folder: Path, name: str, data: bytes) -> Path:
+    """``folder/name`` holding ``data``, written atomically unless it exists: for content-addressed names.
+
+    A file that exists is never rewritten, so a reader streaming it (a web server) can't see it change.
+    """
+    path = Path(folder) / name
+    if not path.exists():
+        atomic_write_bytes(path, lambda f: f.write(data))
+    return path
