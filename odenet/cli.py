@@ -234,23 +234,35 @@ def cmd_predict(args) -> int:
     from .checkpoint import load_model
     from .data import class_names
     from .evaluate import predict
+    from .ood import from_checkpoint
     from .preprocess import prepare_image
     from .shipped import model_path
     from .train import resolve_device
 
     if args.top < 1 or args.top > 10:
         raise OdenetError("--top must be between 1 and 10")
-    model, cfg, _ = load_model(model_path(args.model), resolve_device(args.device))
-    images = [prepare_image(p) for p in args.images]
+    model, cfg, state = load_model(model_path(args.model), resolve_device(args.device))
     names = class_names(cfg.dataset)
-    results = predict(model, images, cfg.dataset, args.top)
+    images, read, failed = [], [], 0
+    for p in args.images:  # every file gets its answer or its one-line error; one bad file stops nothing
+        try:
+            images.append(prepare_image(p))
+            read.append(p)
+        except OdenetError as e:
+            print(f"odenet: error: {e}", file=sys.stderr)
+            failed += 1
+    results = predict(model, images, cfg.dataset, args.top, from_checkpoint(state)) if images else []
     if args.json:
-        print(json.dumps([{"image": p, "top": [{"class": names[c], "probability": q} for c, q in r]}
-                          for p, r in zip(args.images, results)], indent=2))
+        print(json.dumps([{"image": p, "top": [{"class": names[c], "probability": q} for c, q in r.top],
+                           "ood_score": r.score, "ood_threshold": r.threshold,
+                           "looks_like_a_digit": None if r.score is None else not r.looks_unlike_training_data}
+                          for p, r in zip(read, results)], indent=2))
     else:
-        for p, r in zip(args.images, results):
-            print(f"{p}: " + ", ".join(f"{names[c]} {q:.3f}" for c, q in r))
-    return 0
+        for p, r in zip(read, results):
+            flag = (f"  (does not look like a {'digit' if cfg.dataset == 'mnist' else cfg.dataset + ' image'}: "
+                    f"score {r.score:.0f} > threshold {r.threshold:.0f})" if r.looks_unlike_training_data else "")
+            print(f"{p}: " + ", ".join(f"{names[c]} {q:.3f}" for c, q in r.top) + flag)
+    return 1 if failed else 0
 
 
 def cmd_demo(args) -> int:

@@ -22,8 +22,10 @@ from .data import class_names, normalize
 from .errors import OdenetError
 from .files import write_once
 from .flow import Flow, FlowMap, decision_along_flow
+from . import ood
 from .model import NeuralODEModel
 from .ode import NATIVE_METHODS, is_adaptive
+from .ood import OODDetector, logits_and_features
 
 HINT = "Draw a digit on the pad, or upload a photo or scan of one."
 SOLVERS = [m for m in ("dopri5", "bosh3", "adaptive_heun", "rk4", "midpoint", "euler", "heun3") if m in NATIVE_METHODS]
@@ -39,8 +41,9 @@ class Predictor:
     produces the same picture.
     """
 
-    def __init__(self, model: NeuralODEModel, dataset: str, fmap: Optional[FlowMap], out_dir: Optional[Path] = None):
-        self.model, self.dataset, self.fmap = model.eval(), dataset, fmap
+    def __init__(self, model: NeuralODEModel, dataset: str, fmap: Optional[FlowMap], out_dir: Optional[Path] = None,
+                 detector: Optional[OODDetector] = None):
+        self.model, self.dataset, self.fmap, self.detector = model.eval(), dataset, fmap, detector
         self.names = class_names(dataset)
         self.device = next(model.parameters()).device
         self._flow_fig = self._path_fig = None
@@ -54,12 +57,13 @@ class Predictor:
         return str(write_once(self.out_dir, hashlib.sha256(data).hexdigest()[:40] + ".png", data))
 
     def render(self, image: np.ndarray, solver: str, rtol: float, atol: float, step: float,
-               t_end: float) -> Tuple[Flow, str, str]:
-        """The flow of ``image`` and its two figures as files: ``(flow, flow figure path, path figure path)``."""
+               t_end: float) -> Tuple[Flow, Optional[float], str, str]:
+        """The flow of ``image``, its OOD score and its two figures as files: ``(flow, score, flow png, path png)``."""
         with self.lock:
             flow = self.flow(image, solver, rtol, atol, step, t_end)
+            score = self.ood_score(image)
             figs = self.flow_figure(flow), self.path_figure(flow)
-        return (flow, *map(self.image_file, figs))
+        return (flow, score, *map(self.image_file, figs))
 
     def flow(self, image: np.ndarray, solver: str, rtol: float, atol: float, step: float, t_end: float) -> Flow:
         """The flow of a 28x28 uint8 image under the given solver settings."""
@@ -68,11 +72,20 @@ class Predictor:
         for name, v in (("rtol", rtol), ("atol", atol), ("step size", step), ("T", t_end)):
             if v is None or not np.isfinite(v) or v <= 0:
                 raise OdenetError(f"{name} must be a positive number")
-        x = normalize(torch.from_numpy(image[None]), self.dataset).to(self.device)
+        x = self._input(image)
         kw = dict(method=solver, rtol=rtol, atol=atol, step_size=None if is_adaptive(solver) else step)
         if not is_adaptive(solver) and t_end / step > 10_000:
             raise OdenetError("step size too small for this T (more than 10,000 steps)")
         return decision_along_flow(self.model, x, t_end=t_end, max_steps=10_000, **kw)
+
+    def _input(self, image: np.ndarray) -> torch.Tensor:
+        return normalize(torch.from_numpy(image[None]), self.dataset).to(self.device)
+
+    def ood_score(self, image: np.ndarray) -> Optional[float]:
+        """``odenet.ood``'s score of a 28x28 uint8 image under the model's own solver, or None without statistics."""
+        if self.detector is None:
+            return None
+        return float(self.detector.score(logits_and_features(self.model, self._input(image))[1])[0])
 
     def probabilities(self, flow: Flow) -> Dict[str, float]:
         return {n: float(p) for n, p in zip(self.names, flow.final)}
@@ -163,10 +176,14 @@ class Predictor:
         fig.tight_layout()
         return fig, line, start, end
 
-    def summary(self, flow: Flow, solver: str) -> str:
+    def summary(self, flow: Flow, solver: str, score: Optional[float] = None) -> str:
         top = int(np.argmax(flow.final))
-        return (f"**{self.names[top]}** with probability {flow.final[top]:.3f} · {flow.nfe} function evaluations · "
+        text = (f"**{self.names[top]}** with probability {flow.final[top]:.3f} · {flow.nfe} function evaluations · "
                 f"{flow.ms:.0f} ms · solver {solver}, T = {flow.ts[-1]:g}")
+        if score is not None and self.detector is not None and score > self.detector.threshold:
+            what = "digit" if self.dataset == "mnist" else f"{self.dataset} image"
+            text += f"\n\n⚠ **This does not look like a {what}**: score {score:.0f} > threshold {self.detector.threshold:.0f}"
+        return text
 
 
 def load_predictor(model_ref: str, device: str = "cpu") -> Predictor:
@@ -190,7 +207,7 @@ def load_predictor(model_ref: str, device: str = "cpu") -> Predictor:
                                                                   None, cfg.verify_data))
         except (OdenetError, OSError) as e:
             log.warning("no flow map: %s", e)
-    return Predictor(model, cfg.dataset, fmap)
+    return Predictor(model, cfg.dataset, fmap, detector=ood.from_checkpoint(state))
 
 
 def sketch_array(value) -> Optional[np.ndarray]:
@@ -216,10 +233,10 @@ def build_app(pred: Predictor):
             return empty
         view = pred.image_file(_view(image))
         try:
-            flow, flow_png, path_png = pred.render(image, solver, rtol, atol, step, t_end)
+            flow, score, flow_png, path_png = pred.render(image, solver, rtol, atol, step, t_end)
         except OdenetError as e:
             return (view, None, f"⚠ {e}", None, None)
-        return (view, pred.probabilities(flow), pred.summary(flow, solver), flow_png, path_png)
+        return (view, pred.probabilities(flow), pred.summary(flow, solver, score), flow_png, path_png)
 
     def prepare(source) -> Tuple[Optional[np.ndarray], str]:
         from .preprocess import prepare_image
@@ -228,10 +245,14 @@ def build_app(pred: Predictor):
             return prepare_image(source), ""
         except OdenetError as e:
             return None, str(e)
+        except Exception as e:  # noqa: BLE001 - whatever a hostile upload does, the page says one line
+            return None, f"this picture could not be read ({type(e).__name__})"
 
     def on_sketch(value, *settings):
         arr = sketch_array(value)
-        image = prepare(arr)[0] if arr is not None else None  # a blank pad is not an error: render shows the hint
+        image, err = prepare(arr) if arr is not None else (None, "")
+        if image is None and err and "is blank" not in err:  # a blank pad is not an error: render shows the hint
+            return (None, None, None, f"⚠ {err.replace('the image', 'the drawing')}", None, None)
         return (image, *render(image, *settings))
 
     def on_upload(file, *settings):

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from .data import Split, normalize
 from .model import NeuralODEModel
+from .ood import OODDetector, logits_and_features
 
 
 @torch.no_grad()
@@ -41,12 +43,32 @@ def run_eval(model: NeuralODEModel, split: Split, batch_size: int = 1000, num_cl
             "seconds": seconds, "n": n, "pred": pred}
 
 
+@dataclass
+class Prediction:
+    """One image's top classes ``[(class index, probability), ...]`` and its "not a digit" score.
+
+    ``score``/``threshold`` are None for a model without OOD statistics (``odenet.ood``; the shipped model has them).
+    """
+
+    top: List[Tuple[int, float]]
+    score: Optional[float] = None
+    threshold: Optional[float] = None
+
+    @property
+    def looks_unlike_training_data(self) -> bool:
+        """True when the score is above the threshold: the picture does not look like a digit (or its dataset)."""
+        return self.score is not None and self.threshold is not None and self.score > self.threshold
+
+
 @torch.no_grad()
-def predict(model: NeuralODEModel, images: Sequence[np.ndarray], dataset: str, top: int = 3) -> List[List[tuple]]:
-    """Top-``top`` ``(class index, probability)`` for each 28x28 uint8 image."""
+def predict(model: NeuralODEModel, images: Sequence[np.ndarray], dataset: str, top: int = 3,
+            detector: Optional[OODDetector] = None) -> List[Prediction]:
+    """Top-``top`` classes of each 28x28 uint8 image, with ``detector``'s score when one is given."""
     model.eval()
     device = next(model.parameters()).device
     x = normalize(torch.from_numpy(np.stack(images)), dataset).to(device)
-    probs = F.softmax(model(x), dim=1).cpu()
-    p, i = probs.topk(top, dim=1)
-    return [[(int(c), float(q)) for c, q in zip(ii, pp)] for ii, pp in zip(i, p)]
+    logits, feats = logits_and_features(model, x)
+    p, i = F.softmax(logits, dim=1).cpu().topk(top, dim=1)
+    scores = detector.score(feats).cpu().tolist() if detector is not None else [None] * len(x)
+    thr = detector.threshold if detector is not None else None
+    return [Prediction([(int(c), float(q)) for c, q in zip(ii, pp)], s, thr) for ii, pp, s in zip(i, p, scores)]

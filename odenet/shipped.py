@@ -1,8 +1,10 @@
 """The trained model inside the package: what ``predict``, ``evaluate`` and ``demo`` use without ``--model``.
 
 ``odenet/pretrained/mnist.pt`` is an ordinary odenet checkpoint (float32 weights, the config, the per-epoch
-metrics) plus ``command`` (what made it), ``recipe`` and ``flow_map`` (the demo's PCA map of test digits'
-trajectories, so the demo needs no dataset). ``export`` writes it from a run folder.
+metrics) plus ``command`` (what made it), ``recipe``, ``flow_map`` (the demo's PCA map of test digits'
+trajectories, so the demo needs no dataset) and ``ood`` (the statistics and threshold of ``odenet.ood``'s
+"does not look like a digit" score, fitted on training images). ``export`` writes it from a run folder;
+``add_ood`` refits the ``ood`` entry of an existing one.
 """
 from __future__ import annotations
 
@@ -28,16 +30,31 @@ def model_path(path: Optional[str]) -> str:
 
 def export(run: Path, out: Path, command: str, recipe: str, data_dir: Optional[str] = None) -> Path:
     """Write the shippable checkpoint of run folder ``run``'s final model (``last.pt``) to ``out``."""
-    from . import checkpoint
-    from .data import load
+    from . import checkpoint, ood
+    from .data import load, load_split
     from .flow import build_flow_map
 
     model, cfg, state = checkpoint.load_model(str(Path(run) / "checkpoints" / "last.pt"))
     test = load(cfg.dataset, cfg.resolved_data_dir(data_dir), False, torch.device("cpu"), verify=cfg.verify_data)
     fmap = build_flow_map(model, test.x, test.y)
+    detector = ood.fit_model(model, *load_split(cfg.dataset, cfg.resolved_data_dir(data_dir), True, cfg.verify_data),
+                             cfg.dataset)
     config = dict(cfg.to_dict(), data_dir=None, out="runs", device="auto")  # nothing of the machine it ran on
     shipped = {"config": config, "model": {k: v.float().contiguous() for k, v in model.state_dict().items()},
                "epoch": state["epoch"], "history": state["history"], "command": command, "recipe": recipe,
-               "flow_map": fmap.to_state()}
+               "flow_map": fmap.to_state(), "ood": detector.to_state()}
     checkpoint.save(out, shipped)
     return out
+
+
+def add_ood(path: Path, data_dir: Optional[str] = None) -> Path:
+    """Fit ``odenet.ood``'s statistics for the shipped checkpoint at ``path`` and store them in it."""
+    from . import checkpoint, ood
+    from .data import load_split
+
+    model, cfg, state = checkpoint.load_model(str(path))
+    images, labels = load_split(cfg.dataset, cfg.resolved_data_dir(data_dir), True, cfg.verify_data)
+    state = {k: v for k, v in state.items() if k not in ("format", "version")}
+    state["ood"] = ood.fit_model(model, images, labels, cfg.dataset).to_state()
+    checkpoint.save(Path(path), state)
+    return Path(path)

@@ -120,7 +120,7 @@ def test_photos_of_ink_on_paper_within_three_points_of_clean(tmp_path):
     acc = {}
     for name, batch in (("clean", clean), ("paper", paper)):
         top = predict(model, batch, cfg.dataset, top=1)
-        acc[name] = float(np.mean([r[0][0] == labels[i] for r, i in zip(top, pick)]))
+        acc[name] = float(np.mean([r.top[0][0] == labels[i] for r, i in zip(top, pick)]))
     assert acc["clean"] > 0.985
     assert acc["clean"] - acc["paper"] <= 0.03, acc
     # the file route is the same function
