@@ -171,3 +171,36 @@ def test_uploads_match_odenet_predict(browser, url, tmp_path, capsys):
     assert shown == expected
     if real_data_dir() is not None:  # the shipped model gets these five right
         assert shown == [Path(f).stem.split("_")[1] for f in files]
+
+
+def _triangle(p):
+    im = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(im).polygon([(100, 20), (180, 180), (20, 180)], fill=0)
+    im.save(p)
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("photo_exif_orientation_6.jpg", "**7**"),  # a phone photo stored sideways: read upright
+    ("triangle.png", "does not look like a digit"),  # the OOD flag beside the prediction
+    ("noise.png", "does not look like a digit"),
+    ("empty.png", "is empty"),
+    ("document.pdf", "PDF"),
+    ("truncated.jpg", "not a readable image"),
+])
+def test_odd_uploads_through_the_page(browser, url, tmp_path, name, expect):
+    from test_uploads import BAD, VALID
+
+    path = tmp_path / name
+    {**VALID, **{k: v[0] for k, v in BAD.items()}, "triangle.png": _triangle}[name](path)
+    pg = browser.new_page(viewport={"width": 1280, "height": 1400})
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(url, wait_until="load")
+    pg.wait_for_selector("#upload input[type=file]", state="attached", timeout=60_000)
+    pg.locator("#upload input[type=file]").set_input_files(str(path))
+    sync_api.expect(pg.locator("#status")).to_contain_text(expect.strip("*"), timeout=60_000)
+    text = status(pg)
+    if expect.startswith("**"):  # a prediction: the top class shown is the digit
+        assert wait_prediction(pg) == expect.strip("*")
+    assert "Traceback" not in text and "Error" not in text and not errors
+    pg.close()
