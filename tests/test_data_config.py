@@ -2,12 +2,13 @@
 import gzip
 import math
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import make_dataset, real_data_dir, synthetic_digits, write_idx
+from conftest import make_dataset, needs_data, needs_fashion, real_data_dir, synthetic_digits, write_idx
 from odenet.config import Config, load_config_file
 from odenet.data import load, load_split, read_idx
 from odenet.errors import OdenetError
@@ -67,20 +68,52 @@ def test_missing_files_without_network_is_one_clear_error(tmp_path, monkeypatch)
     assert "train-" not in str(e.value).split("(")[0]
 
 
-def test_read_only_folder_is_not_written(tmp_path):
+def test_read_only_folder_is_not_written(tmp_path, monkeypatch):
+    """Loading never writes into the data folder: nothing is opened there for writing, no file is created, changed
+    or touched. (chmod alone would not show it: it does not stop root, and CI runs as root.)"""
+    import builtins
+    import io
+    import os
+
     root = make_dataset(tmp_path / "ro", n_train=30, n_test=10)
-    before = sorted(str(p) for p in root.rglob("*"))
-    for p in root.rglob("*"):
+
+    def snapshot():
+        return {str(p): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in root.rglob("*")}
+
+    before = snapshot()
+    writes = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def inside(path) -> bool:
+        return isinstance(path, (str, os.PathLike)) and str(Path(path).resolve()).startswith(str(root.resolve()))
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if inside(file) and any(c in mode for c in "wax+"):
+            writes.append((str(file), mode))
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        if inside(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
+            writes.append((str(path), flags))
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_os_open)
+    for p in root.rglob("*"):  # for a non-root user the folder is read-only too
         p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     try:
-        load("mnist", str(root), True, torch.device("cpu"), verify=False)
+        for train in (True, False):
+            load("mnist", str(root), train, torch.device("cpu"), verify=False)
     finally:
+        monkeypatch.undo()
         for p in root.rglob("*"):
             p.chmod(p.stat().st_mode | stat.S_IWUSR)
-    assert sorted(str(p) for p in root.rglob("*")) == before
+    assert writes == []
+    assert snapshot() == before
 
 
-@pytest.mark.skipif(real_data_dir() is None, reason="real MNIST not available (set ODENET_DATA_DIR to a copy of it)")
+@needs_data
 def test_real_mnist_loads_with_md5_and_published_class_counts():
     d = real_data_dir()
     x, y = load_split("mnist", str(d), True, verify=True)
@@ -120,18 +153,24 @@ def test_config_files(tmp_path):
         Config.from_dict({"colour": "red"})
 
 
-@pytest.mark.skipif(real_data_dir() is None or not (real_data_dir() / "FashionMNIST" / "raw").is_dir(),
-                    reason="real Fashion-MNIST not available (set ODENET_DATA_DIR to a copy of it)")
+@needs_fashion
 def test_real_fashion_mnist_loads_with_md5():
     x, y = load_split("fashion-mnist", str(real_data_dir()), False, verify=True)
     assert x.shape == (10000, 28, 28) and np.bincount(y).tolist() == [1000] * 10
 
 
-def test_unreadable_config_is_one_line_error(tmp_path):
+def test_unreadable_config_is_one_line_error(tmp_path, capsys):
+    from odenet.cli import main
+
     d = tmp_path / "dir.yaml"
     d.mkdir()  # a folder is not a readable file even for root
-    with pytest.raises(OdenetError):
+    with pytest.raises(OdenetError) as e:
         load_config_file(str(d))
+    assert "\n" not in str(e.value) and "dir.yaml" in str(e.value)
+    assert main(["train", "--config", str(d), "--out", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("odenet: error: ") and "dir.yaml" in err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_random_affine_keeps_shapes_background_and_device():

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import real_data_dir
+from conftest import NO_CHROMIUM, NO_DEMO, import_or_skip, real_data_dir
 
-gr = pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extra)")
+gr = import_or_skip("gradio", NO_DEMO)
+sync_api = import_or_skip("playwright.sync_api", "playwright is not installed (test extra)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 

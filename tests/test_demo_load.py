@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("gradio_client", reason="the demo extra is not installed: pip install -e '.[demo]'")
-pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+from conftest import NO_DEMO, import_or_skip
+
+import_or_skip("gradio_client", NO_DEMO)
+import_or_skip("gradio", NO_DEMO)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from demo_load import load  # noqa: E402
 

@@ -16,8 +16,13 @@ def test_odefunc_is_shared_and_counted_once():
     m = NeuralODEModel()
     assert m.odefunc is m.odeblock.odefunc
     n = sum(p.numel() for p in m.parameters())
-    unique = {id(p) for p in m.parameters()}
-    assert len(unique) == len(list(m.parameters()))
+    every = dict(m.named_parameters(remove_duplicate=False))
+    names = [k for k in every if "odefunc" in k]
+    # registered under both names, the same tensors, and parameters() (what the optimizer gets) lists them once
+    assert sorted(names) == sorted([f"odefunc.{k}" for k, _ in m.odefunc.named_parameters()]
+                                   + [f"odeblock.odefunc.{k}" for k, _ in m.odefunc.named_parameters()])
+    assert all(every[f"odefunc.{k}"] is every[f"odeblock.odefunc.{k}"] for k, _ in m.odefunc.named_parameters())
+    assert len(list(m.parameters())) == len(every) - len(names) // 2
     assert n == 268298
 
 

@@ -114,17 +114,21 @@ def test_native_adjoint_matches_torchdiffeq_adjoint_and_seminorm():
     assert ((g_semi - g_tdq).norm() / ref).item() < 1e-4
 
 
-def test_seminorm_uses_fewer_backward_evaluations():
+def test_seminorm_strictly_reduces_backward_evaluations():
+    """The parameter adjoint (336 entries, growing along the solve) dominates the backward error norm here; the
+    seminorm leaves it out: far fewer backward steps, the same gradients to the tolerance."""
     f = MLP(seed=8)
     y0 = torch.randn(16, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
-    counts = []
+    counts, grads = [], []
     for semi in (False, True):
         f.zero_grad()
         y = odeint(f, y0, [0.0, 2.0], method="dopri5", rtol=1e-6, atol=1e-8, seminorm=semi, adjoint=True)[-1]
         f.nfe = 0
         y.pow(2).sum().backward()
         counts.append(f.nfe)
-    assert counts[1] <= counts[0]
+        grads.append(torch.cat([p.grad.reshape(-1) for p in f.parameters()]))
+    assert counts[1] < 0.7 * counts[0], counts  # measured 26 vs 50
+    assert ((grads[1] - grads[0]).norm() / grads[0].norm()).item() < 1e-4
 
 
 def test_nfe_counts_follow_solver_stages():

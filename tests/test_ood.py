@@ -6,14 +6,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from conftest import real_data_dir
+from conftest import needs_data, real_data_dir
 from odenet import ood
 from odenet.checkpoint import load, load_model
 from odenet.cli import main
 from odenet.shipped import SHIPPED
 
-needs_data = pytest.mark.skipif(real_data_dir() is None,
-                                reason="real MNIST not available (set ODENET_DATA_DIR to a copy of it)")
 
 
 def test_fit_gives_the_mahalanobis_distance_to_the_nearest_mean_and_a_validation_quantile():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import real_data_dir
+from conftest import needs_data, real_data_dir
 from odenet.checkpoint import load, load_model
 from odenet.cli import main
 from odenet.errors import OdenetError
@@ -17,8 +17,6 @@ from odenet.preprocess import prepare_image
 from odenet.shipped import SHIPPED
 
 ROOT = Path(__file__).resolve().parent.parent
-needs_data = pytest.mark.skipif(real_data_dir() is None,
-                                reason="real MNIST not available (set ODENET_DATA_DIR to a copy of it)")
 
 
 def test_shipped_model_is_small_float32_and_complete():
@@ -139,10 +137,22 @@ def test_preprocess_of_mnist_form_input_is_nearly_identity():
     assert 20 >= (ys.max() - ys.min() + 1) >= 18  # fitted to the 20-pixel box, as MNIST
 
 
-def test_evaluate_of_shipped_model_runs_on_a_small_split(synth_dir, capsys):
+def test_evaluate_of_shipped_model_agrees_with_a_direct_pass(synth_dir, capsys):
+    """run_eval's accuracy, loss, per-class accuracy and predictions in batches of 64 equal one plain pass."""
+    import torch.nn.functional as F
+
     model, cfg, _ = load_model(str(SHIPPED))
     from odenet.data import load as load_data
 
     split = load_data("mnist", str(synth_dir), False, torch.device("cpu"), verify=False)
     ev = run_eval(model, split, 64)
-    assert ev["n"] == len(split) and 0 <= ev["acc"] <= 1
+    with torch.no_grad():
+        logits = model(split.x)
+    pred = logits.argmax(1)
+    assert torch.equal(ev["pred"], pred)
+    assert ev["acc"] == pytest.approx((pred == split.y).float().mean().item())
+    assert ev["loss"] == pytest.approx(F.cross_entropy(logits, split.y).item(), rel=1e-4)
+    for c in range(10):
+        mask = split.y == c
+        assert ev["per_class_acc"][c] == pytest.approx((pred[mask] == c).float().mean().item())
+    assert ev["nfe"] >= 8 and ev["n"] == 120
