@@ -372,3 +372,40 @@ def test_train_step_sets_the_kinetic_weight_only_for_its_backward_pass(monkeypat
     with pytest.raises(SolverError):
         train_step(model, opt, x, y, kinetic=0.4)
     assert model.odefunc.kinetic == 0.0
+
+
+@pytest.mark.parametrize("failure", ["nan", "step limit"])
+def test_failure_in_epoch_two_keeps_epoch_one_and_resumes(synth_dir, tmp_path, capsys, monkeypatch, failure):
+    """A run that diverges (NaN loss) or hits the solver's step limit in epoch 2, batch 3 ends with one line naming
+    them; epoch 1's last.pt is left byte for byte; --resume continues from it to the end."""
+    import odenet.train as train_module
+
+    out = tmp_path / "runs"
+    args = ["train", "--epochs", "2", "--solver", "dopri5", "--batch-size", "32", "--out", str(out), "--name", "f",
+            "--data-dir", str(synth_dir), "--no-verify-data", "--no-report", "--no-progress", "--device", "cpu"]
+    real_step = train_module.train_step
+    calls, saved = [], {}
+    per_epoch = 10  # 320 training images in batches of 32
+
+    def failing_step(model, opt, x, y, *a, **kw):
+        calls.append(1)
+        if len(calls) == per_epoch + 3:
+            saved["last"] = (out / "f" / "checkpoints" / "last.pt").read_bytes()
+            if failure == "nan":
+                with torch.no_grad():
+                    next(model.classifier.parameters()).fill_(float("nan"))
+            else:
+                model.odeblock.max_steps = 1
+        return real_step(model, opt, x, y, *a, **kw)
+
+    monkeypatch.setattr(train_module, "train_step", failing_step)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("odenet: error: training diverged at epoch 2, batch 3: ")
+    assert ("loss is nan" if failure == "nan" else "max_steps (1) exceeded") in err
+    assert (out / "f" / "checkpoints" / "last.pt").read_bytes() == saved["last"]
+    assert checkpoint.load(str(out / "f" / "checkpoints" / "last.pt"))["epoch"] == 1
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    assert main(["train", "--resume", str(out / "f"), "--no-progress"]) == 0
+    records = [json.loads(line) for line in (out / "f" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]

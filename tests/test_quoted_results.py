@@ -1,0 +1,128 @@
+"""The accuracies README and docs/accuracy.md quote agree with the per-epoch records in docs/runs they came from.
+
+Each claim names the text it reads (a table row by its first cell, or a sentence by a pattern) and the runs
+behind it; the test fails if the text is gone or reworded (update the claim with it), if a number differs from
+its run's last epoch, or if a quoted mean +- std is not the runs' mean and sample standard deviation.
+"""
+import json
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "docs" / "runs"
+NUM = r"(\d+(?:\.\d+)?)"
+
+
+def last(run: str, key: str = "test_acc") -> float:
+    lines = (RUNS / f"{run}.metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])[key]
+
+
+def row(md: str, label: str) -> list:
+    """Cells of the first table row whose first cell (bold removed) starts with ``label``."""
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0].replace("*", "").startswith(label):
+            return cells
+    raise AssertionError(f"no table row starting with {label!r}")
+
+
+def percents(cell: str) -> list:
+    return [float(x) for x in re.findall(r"(\d+\.\d+)%", cell)]
+
+
+def mean_std(cell: str):
+    m = re.search(r"(\d+\.\d+)% ± (\d+\.\d+)", cell)
+    assert m, cell
+    return float(m.group(1)), float(m.group(2))
+
+
+def check(values, runs, stats=None, key="test_acc"):
+    records = [100 * last(r, key) for r in runs]
+    assert values == pytest.approx([round(r, 2) for r in records], abs=0.006), (values, runs)
+    if stats is not None:
+        mean, std = stats
+        assert mean == pytest.approx(statistics.mean(records), abs=0.006), (stats, runs)
+        assert std == pytest.approx(statistics.stdev(records), abs=0.006), (stats, runs)
+
+
+SEEDS = ["{}-seed0", "{}-seed1", "{}-seed2"]
+
+
+def seeds(name):
+    return [s.format(name) for s in SEEDS]
+
+
+ACCURACY_ROWS = [  # (first cell, runs of the per-seed cell); the mean +- std cell is checked too
+    ("seed configuration", ["mnist-default", "mnist-default-seed1", "mnist-default-seed2"]),
+    ("recipe v1 |", seeds("mnist-best")),
+    ("recipe v2", seeds("mnist-best256")),
+    ("recipe v3", seeds("mnist-v3")),
+    ("v4 + kinetic 0.01", seeds("mnist-v4-ke01")),
+    ("recipe v5", seeds("mnist-v5")),
+    ("MNIST recipe v2 (15 epochs)", seeds("fashion-best")),
+    ("`configs/fashion.yaml`", seeds("fashion-recipe")),
+]
+
+
+@pytest.mark.parametrize("label, runs", ACCURACY_ROWS, ids=[r[0] for r in ACCURACY_ROWS])
+def test_accuracy_md_result_rows(label, runs):
+    md = (ROOT / "docs" / "accuracy.md").read_text()
+    cells = row(md, label.rstrip(" |"))
+    per_seed = next(c for c in cells if len(percents(c)) == 3)
+    stats = next(c for c in cells if "±" in c)
+    check(percents(per_seed), runs, mean_std(stats))
+
+
+def test_accuracy_md_special_rows():
+    md = (ROOT / "docs" / "accuracy.md").read_text()
+    v4 = row(md, "recipe v4")
+    check(percents(v4[3])[:3], ["mnist-v4-seed0", "mnist-v4-seed1-alone", "mnist-v4-seed2-alone"], mean_std(v4[4]))
+    check(percents(v4[3])[3:], ["mnist-v4-seed1", "mnist-v4-seed2"])  # one thread, side by side
+    lever = {r: row(md, r) for r in ("2", "3", "4", "5", "8")}
+    for r, run in (("2", "a1"), ("3", "a2"), ("4", "a3"), ("5", "a4")):
+        check(percents(lever[r][3]), seeds(f"mnist-add-{run}"), mean_std(lever[r][4]))
+    check(percents(lever["8"][3]), seeds("mnist-v4"), mean_std(lever["8"][4]))
+    fashion_seed = row(md, "seed configuration (10 epochs)")
+    check(percents(fashion_seed[2]), seeds("fashion-default"), mean_std(fashion_seed[3]))
+
+
+VALIDATION_ROWS = [("v3 |", "mnist-val-v3-seed0"), ("v3 + elastic distortion", "mnist-val-elastic15-seed0"),
+                   ("v3, last 2 epochs plain", "mnist-val-off2-seed0"), ("v3, last 4 epochs plain", "mnist-val-off4-seed0"),
+                   ("v3, last 6 epochs plain", "mnist-val-off6-seed0"), ("v3, last 8 epochs plain", "mnist-val-off8-seed0"),
+                   ("v4 + kinetic 1e-5", "mnist-val-ke1e5-seed0"), ("v4 + kinetic 1e-4", "mnist-val-ke1e4-seed0"),
+                   ("v4 + kinetic 0.003", "mnist-val-ke003-seed0"), ("v4 + kinetic 0.01 |", "mnist-val-ke01-seed0")]
+
+
+@pytest.mark.parametrize("label, run", VALIDATION_ROWS, ids=[r[0] for r in VALIDATION_ROWS])
+def test_accuracy_md_validation_rows(label, run):
+    """The choice on the validation split: validation accuracy and loss, and the test accuracy beside them."""
+    md = (ROOT / "docs" / "accuracy.md").read_text()
+    lines = [line for line in md.splitlines() if "--val-size 5000" in line]
+    cells = row("\n".join(lines), label.rstrip(" |"))
+    check([percents(cells[2])[0]], [run], key="val_acc")
+    assert float(cells[3].strip("*")) == pytest.approx(last(run, "val_loss"), abs=0.00006)
+    check([percents(cells[5])[0]], [run])
+
+
+def test_readme_quotes():
+    md = " ".join((ROOT / "README.md").read_text().split())
+    m = re.search(rf"\| `odenet train` \| \*\*{NUM}%\*\*", md)
+    check([float(m.group(1))], ["mnist-default"])
+    m = re.search(rf"Seeds 1 and 2 \(`odenet train --seed S`\) gave {NUM}% and {NUM}% \(mean of the three {NUM}% ± {NUM}\)",
+                  md)
+    check([float(m.group(1)), float(m.group(2))], ["mnist-default-seed1", "mnist-default-seed2"])
+    runs = ["mnist-default", "mnist-default-seed1", "mnist-default-seed2"]
+    check([100 * round(last(r), 4) for r in runs], runs, (float(m.group(3)), float(m.group(4))))
+    m = re.search(rf"\*\*{NUM}%, {NUM}%, {NUM}%\*\* after the last epoch for seeds 0, 1, 2 \(mean \*\*{NUM}% ± {NUM}\*\*",
+                  md)
+    check([float(m.group(i)) for i in (1, 2, 3)], seeds("mnist-v5"), (float(m.group(4)), float(m.group(5))))
+    m = re.search(rf"`odenet train --config configs/fashion.yaml` .*? gives \*\*{NUM}%, {NUM}%, {NUM}%\*\* \({NUM}% ± {NUM},",
+                  md)
+    check([float(m.group(i)) for i in (1, 2, 3)], seeds("fashion-recipe"), (float(m.group(4)), float(m.group(5))))
+    m = re.search(rf"against the seed configuration's {NUM}% ± {NUM}", md)
+    runs = seeds("fashion-default")
+    check([100 * round(last(r), 4) for r in runs], runs, (float(m.group(1)), float(m.group(2))))
