@@ -409,3 +409,26 @@ def test_failure_in_epoch_two_keeps_epoch_one_and_resumes(synth_dir, tmp_path, c
     assert main(["train", "--resume", str(out / "f"), "--no-progress"]) == 0
     records = [json.loads(line) for line in (out / "f" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
+
+
+@pytest.mark.parametrize("damage, flags, msg", [
+    ("none", [], "fails its MD5 check"),  # self-made files are not the published ones
+    ("garbage", ["--no-verify-data"], "train-images-idx3-ubyte.gz"),
+    ("truncated", ["--no-verify-data"], "train-images-idx3-ubyte.gz"),
+])
+def test_cli_damaged_data_is_one_line_error(tmp_path, capsys, damage, flags, msg):
+    from conftest import make_dataset
+
+    root = make_dataset(tmp_path / "data", n_train=64, n_test=20)
+    images = root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    if damage == "garbage":
+        images.write_bytes(b"this is not gzip data at all" * 10)
+    elif damage == "truncated":
+        images.write_bytes(images.read_bytes()[:200])
+    out = tmp_path / "runs"
+    assert main(["train", "--data-dir", str(root), "--out", str(out), "--name", "d", "--no-progress", *flags]) == 1
+    cap = capsys.readouterr()
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("odenet: error: ") and msg in lines[0], cap.err
+    assert "Traceback" not in cap.err
+    assert not (out / "d").exists()
