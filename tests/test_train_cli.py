@@ -342,38 +342,6 @@ def test_kinetic_regularization_slows_the_flow(tiny_config):
     assert energies["kinetic"] < 0.5 * energies["plain"], energies
 
 
-def test_train_step_sets_the_kinetic_weight_only_for_its_backward_pass(monkeypatch):
-    """The adjoint sees W x (1 / batch) during backward(), evaluation never sees it, and a failed backward resets it."""
-    from odenet.errors import SolverError
-    from odenet.model import NeuralODEModel
-    from odenet.train import make_optimizer, train_step
-
-    torch.manual_seed(0)
-    model = NeuralODEModel(method="rk4", step_size=0.5)
-    opt = make_optimizer(model, 1e-3)
-    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    seen = []
-    real_vjp = model.odefunc.vjp
-
-    def recording_vjp(t, z, a):
-        seen.append(model.odefunc.kinetic)
-        return real_vjp(t, z, a)
-
-    monkeypatch.setattr(model.odefunc, "vjp", recording_vjp)
-    model.odeblock.fused_vjp = True
-    train_step(model, opt, x, y, kinetic=0.4)
-    assert seen and all(k == pytest.approx(0.4 / 8) for k in seen)
-    assert model.odefunc.kinetic == 0.0
-
-    def failing_vjp(t, z, a):
-        raise SolverError("step size underflow")
-
-    monkeypatch.setattr(model.odefunc, "vjp", failing_vjp)
-    with pytest.raises(SolverError):
-        train_step(model, opt, x, y, kinetic=0.4)
-    assert model.odefunc.kinetic == 0.0
-
-
 @pytest.mark.parametrize("failure", ["nan", "step limit"])
 def test_failure_in_epoch_two_keeps_epoch_one_and_resumes(synth_dir, tmp_path, capsys, monkeypatch, failure):
     """A run that diverges (NaN loss) or hits the solver's step limit in epoch 2, batch 3 ends with one line naming

@@ -1,0 +1,145 @@
+"""One optimisation step (odenet.train.train_step), checked against the same step written out by hand."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from odenet import distributed
+from odenet.errors import DivergenceError, OdenetError, SolverError
+from odenet.model import NeuralODEModel
+from odenet.train import make_optimizer, train_step
+
+
+def setup(seed=0, n=8, **solver):
+    torch.manual_seed(seed)
+    model = NeuralODEModel(**{"method": "rk4", "step_size": 0.5, **solver})
+    x = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed + 1))
+    y = torch.arange(n) % 10
+    return model, make_optimizer(model, 1e-2), x, y
+
+
+def by_hand(model, x, y, label_smoothing=0.0):
+    """The reference: a copy of the model, a plain mean cross-entropy, backward, Adam step."""
+    ref = copy.deepcopy(model)
+    opt = make_optimizer(ref, 1e-2)
+    logits = ref(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    loss.backward()
+    opt.step()
+    return ref, loss.item(), int((logits.argmax(1) == y).sum())
+
+
+def same_params(a, b, **tol):
+    return all(torch.allclose(p, q, **tol) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_a_step_is_the_step_written_by_hand(label_smoothing):
+    model, opt, x, y = setup()
+    ref, loss, correct = by_hand(model, x, y, label_smoothing)
+    st = train_step(model, opt, x, y, label_smoothing)
+    assert st.loss == pytest.approx(loss, rel=1e-6) and st.correct == correct and st.n == len(y)
+    assert st.nfe_f == 8 and st.nfe_b == 8  # rk4, 2 steps of 0.5, forward and adjoint backward
+    assert same_params(model, ref, rtol=1e-5, atol=1e-7)
+    assert not same_params(model, setup()[0])  # it did move
+
+
+class TwinRanks(distributed.Context):
+    """Two ranks holding the same shard: every all-reduced sum is twice this rank's value."""
+
+    def __init__(self):
+        super().__init__(rank=0, world=2)
+
+    def _reduce(self, values, op):
+        return [2.0 * float(v) if op == "SUM" else float(v) for v in values]
+
+
+def test_a_rank_step_weights_its_shard_as_the_whole_batch():
+    """Under DDP a rank's loss is its shard's sum x world / batch; with an identical twin rank (DDP's average of
+    two equal gradients is that gradient) the step is the single-process step on the shard."""
+    model, opt, x, y = setup()
+    ref, loss, correct = by_hand(model, x, y)
+    st = train_step(model, opt, x, y, ctx=TwinRanks())
+    assert st.loss == pytest.approx(loss, rel=1e-6) and st.correct == 2 * correct and st.n == 2 * len(y)
+    assert st.nfe_f == 8  # the mean over the ranks
+    assert same_params(model, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_stop_and_divergence_leave_the_weights_untouched():
+    model, opt, x, y = setup()
+    before = copy.deepcopy(model)
+    with pytest.raises(KeyboardInterrupt):
+        train_step(model, opt, x, y, stop=True)
+    assert same_params(model, before, rtol=0, atol=0)
+    with torch.no_grad():
+        model.classifier[0].bias.fill_(float("nan"))
+    before = copy.deepcopy(model)
+    with pytest.raises(DivergenceError, match="loss is nan"):
+        train_step(model, opt, x, y)
+    assert all(torch.equal(p, q) or (p.isnan().any() and q.isnan().any())
+               for p, q in zip(model.parameters(), before.parameters()))
+    assert not any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+def test_a_failed_solve_is_a_divergence_and_other_errors_pass_through():
+    model, opt, x, y = setup(method="dopri5", max_steps=1)
+    before = copy.deepcopy(model)
+    with pytest.raises(DivergenceError, match="max_steps"):
+        train_step(model, opt, x, y)
+    assert same_params(model, before, rtol=0, atol=0)
+    model, opt, x, y = setup()
+
+    class Broken(torch.nn.Module):
+        def forward(self, z):
+            raise AssertionError("a bug, not a solver failure")
+
+    model.classifier = Broken()
+    with pytest.raises(AssertionError, match="a bug"):
+        train_step(model, opt, x, y)
+
+
+def test_the_kinetic_weight_is_set_only_for_the_backward_pass(monkeypatch):
+    """The adjoint sees W x (1 / batch) during backward(); evaluation never sees it; a failed backward resets it."""
+    model, opt, x, y = setup()
+    seen = []
+    real_vjp = model.odefunc.vjp
+
+    def recording_vjp(t, z, a):
+        seen.append(model.odefunc.kinetic)
+        return real_vjp(t, z, a)
+
+    monkeypatch.setattr(model.odefunc, "vjp", recording_vjp)
+    st = train_step(model, opt, x, y, kinetic=0.4)
+    assert len(seen) == st.nfe_b == 8 and all(k == pytest.approx(0.4 / 8) for k in seen)
+    assert model.odefunc.kinetic == 0.0
+
+    def failing_vjp(t, z, a):
+        raise SolverError("step size underflow")
+
+    monkeypatch.setattr(model.odefunc, "vjp", failing_vjp)
+    with pytest.raises(SolverError):
+        train_step(model, opt, x, y, kinetic=0.4)
+    assert model.odefunc.kinetic == 0.0
+
+
+def test_the_kinetic_term_changes_the_step():
+    model, opt, x, y = setup()
+    other = copy.deepcopy(model)
+    train_step(model, opt, x, y)
+    train_step(other, make_optimizer(other, 1e-2), x, y, kinetic=5.0)
+    assert not same_params(model.odefunc, other.odefunc, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("change", ["no adjoint", "torchdiffeq backend", "a frozen ODE parameter"])
+def test_kinetic_is_refused_where_its_gradient_would_be_missing(change):
+    model, opt, x, y = setup()
+    if change == "no adjoint":
+        model.odeblock.adjoint = False
+    elif change == "torchdiffeq backend":
+        model.odeblock.backend = "torchdiffeq"
+    else:
+        model.odefunc.net[0].bias.requires_grad_(False)
+    with pytest.raises(OdenetError, match="kinetic needs the native adjoint"):
+        train_step(model, opt, x, y, kinetic=0.1)
+    train_step(model, opt, x, y)  # without the term the same model trains
