@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# at most 2 threads (the machines' size); ODENET_TEST_THREADS=1 where processes fork after torch ran (mutmut)
+torch.set_num_threads(int(os.environ.get("ODENET_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:

@@ -294,3 +294,125 @@ def test_bad_input_is_one_line_solver_error(call, msg):
     with pytest.raises(SolverError, match=msg) as e:
         call()
     assert len(str(e.value).splitlines()) == 1
+
+
+# --- the facade's own paths: odeint_adjoint, the torchdiffeq backend, tuples ------------------------------------
+
+class Decay(nn.Module):
+    """dy/dt = -k y with a learnable k: a module (the torchdiffeq adjoint needs one) with an exact gradient."""
+
+    def __init__(self, k=0.7, dtype=torch.float64):
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor(k, dtype=dtype))
+        self.other = nn.Parameter(torch.tensor(1.0, dtype=dtype))  # unused by forward
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return -self.k * y
+
+
+def test_odeint_adjoint_has_torchdiffeqs_defaults_and_positional_arguments():
+    f = Decay()
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    ours = odeint_adjoint(f, y0, t)
+    f.nfe = 0
+    theirs = torchdiffeq.odeint_adjoint(f, y0, t)
+    exact = y0.detach() * math.exp(-0.7)
+    err_ours = ((ours[-1] - exact).abs() / exact).max().item()
+    err_theirs = ((theirs[-1] - exact).abs() / exact).max().item()
+    assert err_ours < 1e-7 and err_ours < 10 * err_theirs  # rtol 1e-7, atol 1e-9, dopri5 by default
+    f.nfe = 0
+    ys = odeint_adjoint(f, y0, t, 1e-3, 1e-4, "rk4", {"step_size": 0.25})
+    assert f.nfe == 16  # rk4 with 4 steps: method and options taken positionally
+    ys[-1].sum().backward()
+    assert f.nfe == 32 and f.k.grad is not None  # the adjoint pass retraced the grid
+    assert f.k.grad.item() == pytest.approx(-(3.0 * math.exp(-0.7)), rel=1e-4)  # d/dk of sum(y0) exp(-k)
+    f.k.grad = None
+    ys = odeint_adjoint(f, y0, t, adjoint_params=[f.other])
+    ys[-1].sum().backward()
+    assert f.k.grad is None and f.other.grad.item() == 0.0  # only the parameters asked for
+
+
+def test_is_adaptive_knows_torchdiffeqs_methods():
+    from odenet.ode import is_adaptive
+
+    assert [is_adaptive(m) for m in ("dopri5", "bosh3", "adaptive_heun", "fehlberg2", "dopri8")] == [True] * 5
+    assert [is_adaptive(m) for m in ("rk4", "euler", "explicit_adams", "implicit_adams", "no-such")] == [False] * 5
+
+
+@pytest.mark.parametrize("adjoint, seminorm", [(False, False), (True, False), (True, True)])
+def test_torchdiffeq_backend_is_torchdiffeq_itself(adjoint, seminorm):
+    """backend="torchdiffeq": the same numbers, NFE and gradients as calling torchdiffeq with the same arguments."""
+    from test_ode import MLP
+
+    results = []
+    for ours in (True, False):
+        f = MLP(seed=3)
+        y0 = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4), requires_grad=True)
+        t = torch.tensor([0.0, 0.5, 1.5], dtype=torch.float64)
+        kw = dict(rtol=1e-4, atol=1e-6, method="bosh3", options={"first_step": 0.1})
+        if ours:
+            ys = odeint(f, y0, t, backend="torchdiffeq", adjoint=adjoint, seminorm=seminorm, **kw)
+        elif adjoint:
+            ys = torchdiffeq.odeint_adjoint(f, y0, t, adjoint_options={"norm": "seminorm"} if seminorm else None,
+                                            adjoint_params=tuple(f.parameters()), **kw)
+        else:
+            ys = torchdiffeq.odeint(f, y0, t, **kw)
+        nfe_f, f.nfe = f.nfe, 0
+        ys.pow(2).sum().backward()
+        results.append((ys.detach(), nfe_f, f.nfe, y0.grad, [p.grad for p in f.parameters()]))
+    (a, fa, ba, ga, pa), (b, fb, bb, gb, pb) = results
+    assert torch.equal(a, b) and fa == fb and ba == bb and torch.equal(ga, gb)
+    assert all(torch.equal(x, y) for x, y in zip(pa, pb))
+
+
+def test_torchdiffeq_backend_details():
+    f = Decay()
+    y0 = torch.ones(2, dtype=torch.float64)
+    # a list of times becomes a tensor of the state's precision; the fixed-step setting is dropped for adaptive ones
+    ys = odeint(f, y0, [0.0, 1.0], method="dopri5", backend="torchdiffeq", step_size=0.5, rtol=1e-9, atol=1e-11)
+    assert ys.dtype == torch.float64 and ys[-1][0].item() == pytest.approx(math.exp(-0.7), rel=1e-8)
+    ys32 = odeint(Decay(dtype=torch.float32), y0.float(), [0.0, 1.0], method="rk4", backend="torchdiffeq",
+                  step_size=0.5)
+    assert ys32.dtype == torch.float32
+    f.nfe = 0
+    odeint(f, y0, [0.0, 1.0], method="rk4", backend="torchdiffeq", step_size=0.25)
+    assert f.nfe == 16  # the step size reaches a fixed-step method
+    with pytest.raises(SolverError, match="torchdiffeq adjoint needs func to be a torch.nn.Module"):
+        odeint(lambda t, y: -y, y0.requires_grad_(), [0.0, 1.0], backend="torchdiffeq", adjoint=True)
+    with pytest.raises(SolverError, match=r"solver dopri5 \(torchdiffeq\): ") as e:
+        odeint(lambda t, y: y ** 2, torch.ones(1, dtype=torch.float64), [0.0, 2.0], backend="torchdiffeq")
+    assert len(str(e.value).splitlines()) == 1
+    with pytest.raises(SolverError, match="unknown backend"):
+        odeint(f, y0, [0.0, 1.0], backend="jax")
+
+
+def test_tuple_states_are_checked_and_differentiate_parameters():
+    f = Decay()
+
+    def pair(t, s):
+        return f(t, s[0]), -s[1]
+
+    x0, v0 = torch.ones(2, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    with pytest.raises(SolverError, match="share one dtype"):
+        odeint(pair, (x0, v0.float()), [0.0, 1.0])
+    with pytest.raises(SolverError, match="must return a tuple of 2 tensors"):
+        odeint(lambda t, s: s[0], (x0, v0), [0.0, 1.0])
+    with pytest.raises(SolverError, match="floating-point or complex"):
+        odeint(pair, (x0.long(), torch.ones(3, dtype=torch.long)), [0.0, 1.0])
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = f
+
+        def forward(self, t, s):
+            return self.f(t, s[0]), -s[1]
+
+    xs, vs = odeint(Pair(), (x0, v0), [0.0, 0.5, 1.0], adjoint=True, rtol=1e-9, atol=1e-11)
+    assert xs.shape == (3, 2) and vs.shape == (3, 3)
+    assert torch.allclose(vs[-1], v0 * math.exp(-1.0), rtol=1e-7)
+    xs[-1].sum().backward()  # the adjoint reaches the module's parameters by default, as for plain states
+    assert f.k.grad.item() == pytest.approx(-2.0 * math.exp(-0.7), rel=1e-5)

@@ -53,7 +53,13 @@ def main() -> None:
     a = p.parse_args()
     copy = scratch_copy(a.target, Path(a.workdir))
     mutmut = [sys.executable, "-m", "mutmut"]
-    subprocess.run([*mutmut, "run", "--max-children", str(a.max_children)], cwd=copy, check=False)
+    # one torch thread: mutmut forks a child per mutant after torch has run, and a forked OpenMP pool deadlocks
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", ODENET_TEST_THREADS="1")
+    base = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:warnings", *TARGETS[a.target]["tests"]],
+                          cwd=copy, env=env)
+    if base.returncode:
+        sys.exit("the target's tests fail without any mutant: fix them first")
+    subprocess.run([*mutmut, "run", "--max-children", str(a.max_children)], cwd=copy, check=False, env=env)
     subprocess.run([*mutmut, "export-cicd-stats"], cwd=copy, check=True, capture_output=True)
     stats = json.loads((copy / "mutants" / "mutmut-cicd-stats.json").read_text())
     print(json.dumps(stats, indent=2))
