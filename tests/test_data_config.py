@@ -167,9 +167,15 @@ def test_unreadable_config_is_one_line_error(tmp_path, capsys):
     with pytest.raises(OdenetError) as e:
         load_config_file(str(d))
     assert "\n" not in str(e.value) and "dir.yaml" in str(e.value)
-    assert main(["train", "--config", str(d), "--out", str(tmp_path / "runs")]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("odenet: error: ") and "dir.yaml" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1, 2\nlr: 3\n")  # YAML's own message for this spans several lines
+    with pytest.raises(OdenetError, match="cannot parse config file") as e:
+        load_config_file(str(bad))
+    assert "\n" not in str(e.value)
+    for path in (d, bad):
+        assert main(["train", "--config", str(path), "--out", str(tmp_path / "runs")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("odenet: error: ") and path.name in err
     assert not (tmp_path / "runs").exists()
 
 

@@ -59,7 +59,9 @@ def main() -> None:
                           cwd=copy, env=env)
     if base.returncode:
         sys.exit("the target's tests fail without any mutant: fix them first")
-    subprocess.run([*mutmut, "run", "--max-children", str(a.max_children)], cwd=copy, check=False, env=env)
+    for _ in range(5):  # mutmut resumes where it stopped; it can stop on a race of its own writing a .meta file
+        if subprocess.run([*mutmut, "run", "--max-children", str(a.max_children)], cwd=copy, env=env).returncode == 0:
+            break
     subprocess.run([*mutmut, "export-cicd-stats"], cwd=copy, check=True, capture_output=True)
     stats = json.loads((copy / "mutants" / "mutmut-cicd-stats.json").read_text())
     print(json.dumps(stats, indent=2))
