@@ -416,3 +416,143 @@ def test_tuple_states_are_checked_and_differentiate_parameters():
     assert torch.allclose(vs[-1], v0 * math.exp(-1.0), rtol=1e-7)
     xs[-1].sum().backward()  # the adjoint reaches the module's parameters by default, as for plain states
     assert f.k.grad.item() == pytest.approx(-2.0 * math.exp(-0.7), rel=1e-5)
+
+
+class Ramp(nn.Module):
+    """dy/dt = k (1 + t) y: neither even nor odd in t, so a sign slip in time shows (cos t, being even, hides it).
+    y(t) = y0 exp(k (t + t^2/2 - t0 - t0^2/2))."""
+
+    def __init__(self, k=0.6):
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor(k, dtype=torch.float64))
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return self.k * (1 + t) * y
+
+    def exponent(self, t0, t1):
+        return self.k.item() * (t1 + t1 ** 2 / 2 - t0 - t0 ** 2 / 2)
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+@pytest.mark.parametrize("t0, t1", [(0.2, 1.4), (1.4, 0.2)])
+def test_time_dependent_dynamics_forwards_and_backwards_in_time(adjoint, t0, t1):
+    f = Ramp()
+    y0 = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+    ys = odeint(f, y0, [t0, t1], rtol=1e-10, atol=1e-12, adjoint=adjoint)
+    e = f.exponent(t0, t1)
+    assert torch.allclose(ys[-1], y0.detach() * math.exp(e), rtol=1e-8)
+    ys[-1].sum().backward()
+    assert torch.allclose(y0.grad, torch.full((2,), math.exp(e), dtype=torch.float64), rtol=1e-7)
+    de_dk = e / f.k.item()
+    assert f.k.grad.item() == pytest.approx(-1.0 * math.exp(e) * de_dk, rel=1e-6)  # sum(y0) = -1
+
+
+def test_autograd_adjoint_of_a_function_that_ignores_the_state():
+    """dz/dt = theta (no z in it): autograd gives no gradient for z, which the adjoint must read as zero."""
+    theta = nn.Parameter(torch.tensor([0.5, -1.0], dtype=torch.float64))
+    z0 = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    zs = odeint(lambda t, z: theta.expand_as(z), z0, [0.0, 2.0], adjoint=True, adjoint_params=[theta])
+    assert torch.allclose(zs[-1], 2.0 * theta.detach())
+    zs[-1].sum().backward()
+    assert torch.equal(z0.grad, torch.ones(2, dtype=torch.float64))
+    assert torch.allclose(theta.grad, torch.full((2,), 2.0, dtype=torch.float64))
+
+
+def test_tuple_states_keep_time_dtype_method_and_the_adjoint():
+    f = Ramp()
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = f
+
+        def forward(self, t, s):
+            return self.f(t, s[0]).float(), (-s[1]).float()  # float32 parts for a float64 state: cast back
+
+    x0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    v0 = torch.ones(3, dtype=torch.float64)
+    f.nfe = 0
+    xs, vs = odeint(Pair(), (x0, v0), [0.0, 1.0], method="rk4", options={"step_size": 0.001}, adjoint=True)
+    assert f.nfe == 4000 and xs.dtype == torch.float64  # rk4's 1000 steps: the method and its options reach it
+    assert torch.allclose(xs[-1], x0.detach() * math.exp(f.exponent(0.0, 1.0)), rtol=1e-6)
+    f.nfe = 0
+    xs[-1].sum().backward()
+    assert f.nfe == 4000  # the adjoint pass, not backpropagation through the stored steps
+    assert f.k.grad.item() == pytest.approx(3.0 * math.exp(f.exponent(0.0, 1.0)) * 1.5, rel=1e-5)
+
+
+def test_torchdiffeq_backend_keeps_the_contract_on_times_tuples_and_parameters():
+    import warnings
+
+    s = Sine()
+    odeint(s, torch.ones(2, dtype=torch.float32), [0.0, 1.0], backend="torchdiffeq", method="rk4", step_size=0.5)
+    assert s.t_types == {("Tensor", 0, torch.float32, "cpu")}  # t in the state's precision
+    xs, vs = odeint(lambda t, p: (p[1], -p[0]), (torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)),
+                    [0.0, 1.0], backend="torchdiffeq", rtol=1e-9, atol=1e-11)
+    assert xs.dtype == torch.float64 and xs[-1].item() == pytest.approx(math.cos(1.0), rel=1e-7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchdiffeq warns about options a method does not use
+        odeint(Decay(), torch.ones(2, dtype=torch.float64), [0.0, 1.0], method="dopri5", step_size=0.1,
+               backend="torchdiffeq")
+    f = Decay()
+    f.other.requires_grad_(False)
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    ys = odeint(f, y0, [0.0, 1.0], backend="torchdiffeq", adjoint=True, adjoint_params=[f.k, f.other])
+    ys[-1].sum().backward()  # the frozen parameter is left out, as in odenet's engine
+    assert f.k.grad is not None and f.other.grad is None
+    f2 = Decay()
+    ys = odeint_adjoint(f2, torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64),
+                        adjoint_params=[f2.other], backend="torchdiffeq")  # keyword settings reach odeint
+    ys[-1].sum().backward()
+    assert f2.k.grad is None and f2.other.grad.item() == 0.0
+
+
+def test_time_gradients_of_complex_states():
+    """y = y0 exp(lam (t - t0)), L = sum |y(T)|^2: dL/dT = 2 Re(lam) L, dL/dt0 = -2 Re(lam) L."""
+    lam = 0.3 + 1.0j
+    y0 = torch.tensor([1.0 + 0.5j, -0.3j], dtype=torch.complex128)
+    t = torch.tensor([0.2, 1.5], dtype=torch.float64, requires_grad=True)
+    ys = odeint(lambda t_, y: lam * y, y0, t, rtol=1e-10, atol=1e-12)
+    loss = (ys[-1].abs() ** 2).sum()
+    loss.backward()
+    expected = torch.tensor([-2 * lam.real, 2 * lam.real], dtype=torch.float64) * loss.item()
+    assert torch.allclose(t.grad, expected, rtol=1e-7)
+
+
+def test_time_gradients_call_func_with_the_states_precision():
+    """float32 state, float64 times: func sees float32 t on every call (backward included), t.grad stays float64."""
+    s = Sine()
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float32)
+    t = torch.tensor([0.3, 2.0], dtype=torch.float64, requires_grad=True)
+    ys = odeint(s, y0, t, rtol=1e-6, atol=1e-8)
+    ys[-1].sum().backward()
+    assert s.t_types == {("Tensor", 0, torch.float32, "cpu")}
+    assert t.grad.dtype == torch.float64
+    yT = Sine.exact(y0.double(), 0.3, 2.0).sum().item()
+    assert t.grad.tolist() == pytest.approx([-math.cos(0.3) * yT, math.cos(2.0) * yT], rel=1e-4)
+
+
+def test_the_given_vjp_is_the_one_the_adjoint_uses():
+    from odenet.ode.adjoint import autograd_vjp
+
+    f = Decay()
+    inner = autograd_vjp(f, [f.k, f.other])
+    calls = []
+
+    def vjp(t, z, a):
+        calls.append(1)
+        return inner(t, z, a)
+
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    ys = odeint(f, y0, [0.0, 1.0], method="rk4", step_size=0.25, adjoint=True, vjp=vjp)
+    ys[-1].sum().backward()
+    assert len(calls) == 16 and f.k.grad.item() == pytest.approx(-2 * math.exp(-0.7), rel=1e-4)
+
+
+def test_adjoint_without_parameters():
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    ys = odeint(lambda t, y: -y, y0, [0.0, 1.0], adjoint=True, rtol=1e-10, atol=1e-12)
+    ys[-1].sum().backward()
+    assert torch.allclose(y0.grad, torch.full((2,), math.exp(-1.0), dtype=torch.float64), rtol=1e-8)
