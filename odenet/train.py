@@ -99,8 +99,10 @@ def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tenso
     image's ``integral_0^T |f(z(t))|^2 dt`` to its loss; its gradient comes from the adjoint pass (``ODEFunc.vjp``).
     """
     if kinetic and not (model.odeblock.adjoint and resolve_backend(model.odeblock.method, model.odeblock.backend)
-                        == "native" and all(p.requires_grad for p in model.odefunc.parameters())):
-        raise OdenetError("kinetic needs the native adjoint with every ODE parameter trainable")
+                        == "native" and model.odeblock.fused_vjp
+                        and all(p.requires_grad for p in model.odefunc.parameters())):
+        # only ODEFunc.vjp adds the term's gradient: any other path would train without it, silently
+        raise OdenetError("kinetic needs the native adjoint with its fused vjp and every ODE parameter trainable")
     net = net or model
     model.nfe = 0
     failure, loss_sum, correct = "", 0.0, 0.0
