@@ -101,3 +101,12 @@ def pytest_runtest_makereport(item, call):
         if any(r in reason for r in REQUIRED_UNDER_CI):
             rep.outcome = "failed"
             rep.longrepr = f"required under CI (ODENET_CI=1) but skipped: {reason}"
+
+
+@pytest.fixture(autouse=True)
+def fresh_solver_coefficients():
+    """Each test builds the tableaus' coefficient tensors itself instead of reusing another test's."""
+    from odenet.ode import native
+
+    native._COEFF_CACHE.clear()
+    yield

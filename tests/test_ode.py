@@ -246,3 +246,21 @@ def test_float32_adjoint_of_the_model_function_matches_torchdiffeq():
     d32 = rel_diff("dopri5", {"first_step": 0.05}, torch.float32)
     d64 = rel_diff("dopri5", {"first_step": 0.05}, torch.float64)
     assert d32 < 1e-2 and abs(d32 - d64) < 0.05 * d64, (d32, d64)
+
+
+def test_tableau_builder_and_properties():
+    from odenet.ode.tableaus import TABLEAUS, Tableau, _t
+
+    t = _t("x", [0.0, 1.0], [[], [1.0]], [0.5, 0.5], 2, e=[0.5, -0.5], mid=[0.5, 0.0])
+    assert t == Tableau("x", (0.0, 1.0), ((), (1.0,)), (0.5, 0.5), 2, (0.5, -0.5), (0.5, 0.0))
+    assert t.stages == 2 and t.adaptive and not t.fsal
+    plain = _t("y", [0.0], [[]], [1.0], 1)
+    assert plain.e is None and plain.mid is None and not plain.adaptive
+    for name, tab in TABLEAUS.items():  # consistency of every tableau: rows sum to their node, weights to one
+        assert tab.name == name and len(tab.a) == tab.stages and len(tab.b) == tab.stages
+        assert sum(tab.b) == pytest.approx(1.0)
+        for c, row in zip(tab.c, tab.a):
+            assert sum(row) == pytest.approx(c)
+        if tab.adaptive:
+            assert sum(tab.e) == pytest.approx(0.0, abs=1e-12) and len(tab.mid) == tab.stages
+    assert sorted(n for n, tab in TABLEAUS.items() if tab.fsal) == ["bosh3", "dopri5"]
