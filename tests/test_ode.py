@@ -264,3 +264,15 @@ def test_tableau_builder_and_properties():
         if tab.adaptive:
             assert sum(tab.e) == pytest.approx(0.0, abs=1e-12) and len(tab.mid) == tab.stages
     assert sorted(n for n, tab in TABLEAUS.items() if tab.fsal) == ["bosh3", "dopri5"]
+
+
+def test_a_non_finite_trial_step_is_retried_smaller():
+    """dy/dt = y^2 (y = 1/(1 - t)), with f undefined (NaN) beyond y = 5: a first step that overshoots gives a NaN error
+    estimate, and the controller must shrink the step and go on, not grow it."""
+
+    def f(t, y):
+        return torch.where(y.abs() > 5, torch.full_like(y, float("nan")), y ** 2)
+
+    y0 = torch.ones(1, dtype=torch.float64)
+    ys = odeint(f, y0, [0.0, 0.7], rtol=1e-8, atol=1e-10, options={"first_step": 0.69, "max_num_steps": 200})
+    assert ys[-1].item() == pytest.approx(1 / 0.3, rel=1e-6)
