@@ -41,7 +41,8 @@ def scratch_copy(target: str, workdir: Path) -> Path:
         fh.write("\n[tool.mutmut]\nsource_paths = [\"odenet/\"]\n"
                  f"only_mutate = {json.dumps(t['only_mutate'])}\n"
                  f"pytest_add_cli_args_test_selection = {json.dumps(t['tests'])}\n"
-                 "pytest_add_cli_args = [\"-p\", \"no:warnings\"]\n")
+                 "pytest_add_cli_args = [\"-p\", \"no:warnings\"]\n"
+                 "timeout_multiplier = 2.0\n")  # a mutant that makes the tests 4x slower counts as timed out
     return dest
 
 
