@@ -12,17 +12,20 @@ from odenet.train import make_optimizer, train_step
 
 
 def setup(seed=0, n=8, **solver):
+    """A model, its optimizer and a batch whose labels the untrained model gets right for 5 of 8 images."""
     torch.manual_seed(seed)
     model = NeuralODEModel(**{"method": "rk4", "step_size": 0.5, **solver})
     x = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed + 1))
-    y = torch.arange(n) % 10
+    with torch.no_grad(), model.odeblock.settings(max_steps=10_000):
+        pred = model(x).argmax(1)
+    y = torch.where(torch.arange(n) < 5, pred, (pred + 1) % 10)
     return model, make_optimizer(model, 1e-2), x, y
 
 
 def by_hand(model, x, y, label_smoothing=0.0):
-    """The reference: a copy of the model, a plain mean cross-entropy, backward, Adam step."""
+    """The reference: a copy of the model, a plain mean cross-entropy, backward, torch's Adam step."""
     ref = copy.deepcopy(model)
-    opt = make_optimizer(ref, 1e-2)
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
     logits = ref(x)
     loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     loss.backward()
@@ -39,7 +42,7 @@ def test_a_step_is_the_step_written_by_hand(label_smoothing):
     model, opt, x, y = setup()
     ref, loss, correct = by_hand(model, x, y, label_smoothing)
     st = train_step(model, opt, x, y, label_smoothing)
-    assert st.loss == pytest.approx(loss, rel=1e-6) and st.correct == correct and st.n == len(y)
+    assert correct == 5 and st.loss == pytest.approx(loss, rel=1e-6) and st.correct == correct and st.n == len(y)
     assert st.nfe_f == 8 and st.nfe_b == 8  # rk4, 2 steps of 0.5, forward and adjoint backward
     assert same_params(model, ref, rtol=1e-5, atol=1e-7)
     assert not same_params(model, setup()[0])  # it did move
@@ -145,3 +148,53 @@ def test_kinetic_is_refused_where_its_gradient_would_be_missing(change):
     with pytest.raises(OdenetError, match="kinetic needs the native adjoint"):
         train_step(model, opt, x, y, kinetic=0.1)
     train_step(model, opt, x, y)  # without the term the same model trains
+
+
+class OtherRankHoldsTheImages(distributed.Context):
+    """Two ranks: this one's shard is all stand-ins (weight 0), the other's is the real batch ``other``."""
+
+    def __init__(self, other):
+        super().__init__(rank=0, world=2)
+        self.other = other
+
+    def _reduce(self, values, op):
+        return [float(v) + float(o) for v, o in zip(values, self.other)]
+
+
+def test_a_shard_of_stand_ins_counts_for_nothing_and_moves_nothing():
+    """weight 0 (padding when the last batch does not divide over the ranks): the step's numbers are the other
+    rank's, and this rank's gradient is zero (DDP averages it with the other's)."""
+    model, opt, x, y = setup()
+    ref, loss, correct = by_hand(model, x, y)
+    before = copy.deepcopy(model)
+    other = [loss * len(y), correct, len(y), 8, 0, 0]  # what the other rank adds: loss sum, count, images, NFE, flags
+    st = train_step(model, opt, x, y, ctx=OtherRankHoldsTheImages(other), weight=0.0)
+    assert st.loss == pytest.approx(loss, rel=1e-6) and st.correct == correct and st.n == len(y)
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    assert same_params(model, before, rtol=0, atol=0)
+
+
+def test_make_optimizer():
+    model = NeuralODEModel()
+    opt = make_optimizer(model, 0.003)
+    assert type(opt) is torch.optim.Adam and opt.defaults["lr"] == 0.003 and opt.defaults["weight_decay"] == 0.0
+    assert opt.defaults["fused"] is True  # the single-kernel form (this torch has it on the CPU)
+    assert [p for g in opt.param_groups for p in g["params"]] == list(model.parameters())
+    opt = make_optimizer(model, 0.004, "adamw", 0.05)
+    assert type(opt) is torch.optim.AdamW and opt.defaults["lr"] == 0.004 and opt.defaults["weight_decay"] == 0.05
+
+
+@pytest.mark.parametrize("message, solver_failure", [("max_num_steps exceeded", True),
+                                                     ("underflow in dt 1e-20", True),
+                                                     ("a bug", False)])
+def test_assertion_errors_that_are_solver_failures(message, solver_failure):
+    """torchdiffeq signals a step limit and an underflow with AssertionError: those are divergences, not bugs."""
+    model, opt, x, y = setup()
+
+    class Fails(torch.nn.Module):
+        def forward(self, z):
+            raise AssertionError(message)
+
+    model.classifier = Fails()
+    with pytest.raises(DivergenceError if solver_failure else AssertionError, match=message):
+        train_step(model, opt, x, y)
