@@ -556,3 +556,25 @@ def test_adjoint_without_parameters():
     ys = odeint(lambda t, y: -y, y0, [0.0, 1.0], adjoint=True, rtol=1e-10, atol=1e-12)
     ys[-1].sum().backward()
     assert torch.allclose(y0.grad, torch.full((2,), math.exp(-1.0), dtype=torch.float64), rtol=1e-8)
+
+
+def test_keyword_settings_reach_odeint_adjoint_and_tuples_keep_their_adjoint_params():
+    f = Decay()
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    f.nfe = 0
+    odeint_adjoint(f, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), method="rk4", step_size=0.25)
+    assert f.nfe == 16  # the keyword step size, not a single step over t
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = f
+
+        def forward(self, t, s):
+            return self.f(t, s[0]), -s[1]
+
+    f.k.grad = f.other.grad = None
+    xs, _ = odeint(Pair(), (y0, torch.ones(1, dtype=torch.float64)), [0.0, 1.0], adjoint=True,
+                   adjoint_params=[f.other])
+    xs[-1].sum().backward()
+    assert f.k.grad is None and f.other.grad is not None  # the caller's list, not the module's parameters
