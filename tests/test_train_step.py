@@ -198,3 +198,14 @@ def test_assertion_errors_that_are_solver_failures(message, solver_failure):
     model.classifier = Fails()
     with pytest.raises(DivergenceError if solver_failure else AssertionError, match=message):
         train_step(model, opt, x, y)
+
+
+def test_what_another_rank_reports_stops_this_one_before_any_update():
+    """The ranks agree before the update: another rank's failed solve or stop signal ends this rank's step too."""
+    model, opt, x, y = setup()
+    before = copy.deepcopy(model)
+    with pytest.raises(DivergenceError, match="^the solver failed on another rank$"):
+        train_step(model, opt, x, y, ctx=OtherRankHoldsTheImages([0, 0, len(y), 8, 0, 1]))
+    with pytest.raises(KeyboardInterrupt):
+        train_step(model, opt, x, y, ctx=OtherRankHoldsTheImages([0, 0, len(y), 8, 1, 0]))
+    assert same_params(model, before, rtol=0, atol=0)
