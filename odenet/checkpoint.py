@@ -50,19 +50,6 @@ def resolve_path(path: str) -> Path:
     return p
 
 
-def chosen_by(path: Path, cfg: Config) -> str:
-    """How the checkpoint at ``path`` was chosen, for reports: never by the test set."""
-    if Path(path).name == "best.pt" and cfg.val_size > 0:
-        return f"highest accuracy on a {cfg.val_size}-image validation split"
-    if Path(path).name == "last.pt":
-        return "final epoch"
-    from .shipped import SHIPPED
-
-    if Path(path).resolve() == SHIPPED:
-        return "the shipped model: final epoch of its recipe"
-    return "as given"
-
-
 def load_model(path: str, device: torch.device = torch.device("cpu")) -> Tuple[NeuralODEModel, Config, Dict[str, Any]]:
     """Rebuild the model of a checkpoint (or run folder) and load its weights."""
     state = load(str(resolve_path(path)))

@@ -204,8 +204,8 @@ def _train_run(args):
 
 
 def cmd_evaluate(args) -> int:
-    from .checkpoint import chosen_by, load_model, resolve_path
-    from .shipped import model_path
+    from .checkpoint import load_model, resolve_path
+    from .shipped import chosen_by, model_path
     from .data import class_names, load
     from .evaluate import run_eval
     from .train import resolve_device

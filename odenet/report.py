@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from . import figures
-from .checkpoint import chosen_by, load_model, resolve_path
+from .checkpoint import load_model, resolve_path
 from .files import atomic_write_text
 from .data import STATS, Split, class_names, load
 from .errors import OdenetError
 from .model import NeuralODEModel
+from .shipped import chosen_by
 
 FIGURES = ["training_history", "ode_trajectories", "latent_space", "ode_dynamics", "confusion_matrix", "predictions"]
 CAPTIONS = {

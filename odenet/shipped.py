@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from .config import Config
 from .errors import OdenetError
 
 SHIPPED = Path(__file__).resolve().parent / "pretrained" / "mnist.pt"
@@ -26,6 +27,17 @@ def model_path(path: Optional[str]) -> str:
         raise OdenetError(f"the shipped model is missing from this installation ({SHIPPED.name}); "
                           "pass --model RUN_DIR|CHECKPOINT")
     return str(SHIPPED)
+
+
+def chosen_by(path: Path, cfg: Config) -> str:
+    """How the checkpoint at ``path`` was chosen, for reports: never by the test set."""
+    if Path(path).name == "best.pt" and cfg.val_size > 0:
+        return f"highest accuracy on a {cfg.val_size}-image validation split"
+    if Path(path).name == "last.pt":
+        return "final epoch"
+    if Path(path).resolve() == SHIPPED:
+        return "the shipped model: final epoch of its recipe"
+    return "as given"
 
 
 def export(run: Path, out: Path, command: str, recipe: str, data_dir: Optional[str] = None) -> Path:
