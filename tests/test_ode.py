@@ -276,3 +276,12 @@ def test_a_non_finite_trial_step_is_retried_smaller():
     y0 = torch.ones(1, dtype=torch.float64)
     ys = odeint(f, y0, [0.0, 10.0], rtol=1e-8, atol=1e-12, options={"first_step": 10.0, "max_num_steps": 500})
     assert ys[-1].item() == pytest.approx(math.exp(-10.0), rel=1e-5)
+
+
+@pytest.mark.parametrize("step", [0.0, -0.1, math.inf, math.nan])
+def test_the_engine_itself_refuses_a_step_that_is_not_positive_and_finite(step):
+    """odenet.ode.solve (public, below the odeint facade that checks it too) says so in one line."""
+    from odenet.ode import TABLEAUS, solve
+
+    with pytest.raises(SolverError, match=r"solver 'rk4' needs a positive finite step_size, got"):
+        solve(lambda t, y: -y, torch.ones(2, dtype=torch.float64), [0.0, 1.0], TABLEAUS["rk4"], step_size=step)
