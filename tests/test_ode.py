@@ -285,3 +285,17 @@ def test_the_engine_itself_refuses_a_step_that_is_not_positive_and_finite(step):
 
     with pytest.raises(SolverError, match=r"solver 'rk4' needs a positive finite step_size, got"):
         solve(lambda t, y: -y, torch.ones(2, dtype=torch.float64), [0.0, 1.0], TABLEAUS["rk4"], step_size=step)
+
+
+def test_max_num_steps_allows_exactly_that_many_steps():
+    f = Linear()
+    y0 = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    f.nfe = 0
+    with torch.no_grad():
+        odeint(f, y0, [0.0, 3.0], rtol=1e-6, atol=1e-8)
+    steps = (f.nfe - 2) // 6  # f0, the first-step probe, then 6 per dopri5 step (FSAL)
+    assert steps >= 5 and f.nfe == 2 + 6 * steps
+    with torch.no_grad():
+        odeint(f, y0, [0.0, 3.0], rtol=1e-6, atol=1e-8, options={"max_num_steps": steps})
+        with pytest.raises(SolverError, match=rf"max_steps \({steps - 1}\) exceeded"):
+            odeint(f, y0, [0.0, 3.0], rtol=1e-6, atol=1e-8, options={"max_num_steps": steps - 1})
