@@ -299,3 +299,19 @@ def test_max_num_steps_allows_exactly_that_many_steps():
         odeint(f, y0, [0.0, 3.0], rtol=1e-6, atol=1e-8, options={"max_num_steps": steps})
         with pytest.raises(SolverError, match=rf"max_steps \({steps - 1}\) exceeded"):
             odeint(f, y0, [0.0, 3.0], rtol=1e-6, atol=1e-8, options={"max_num_steps": steps - 1})
+
+
+def test_an_end_closer_than_the_time_dtype_resolves_is_reached():
+    """float32 times: a step that stops 1e-8 short of t = 1 is at the end as far as float32 can tell; the solve
+    returns its state there instead of attempting a step float32 cannot take."""
+    y0 = torch.ones(3)
+    ys = odeint(lambda t, y: torch.zeros_like(y), y0, torch.tensor([0.0, 1.0]), options={"first_step": 1 - 1e-8})
+    assert ys.shape == (2, 3) and torch.equal(ys[-1], y0)
+
+
+def test_float64_times_take_steps_float32_could_not_resolve():
+    """At t = 1000 float32 resolves 6e-5; dy/dt = -1e5 y needs steps of ~3e-5, which float64 times must allow."""
+    y0 = torch.ones(2, dtype=torch.float64)
+    ys = odeint(lambda t, y: -1e5 * y, y0, torch.tensor([1000.0, 1000.001], dtype=torch.float64), rtol=1e-6,
+                atol=1e-12)
+    assert ys[-1].abs().max().item() < 1e-11  # exp(-100), to atol
