@@ -578,3 +578,15 @@ def test_keyword_settings_reach_odeint_adjoint_and_tuples_keep_their_adjoint_par
                    adjoint_params=[f.other])
     xs[-1].sum().backward()
     assert f.k.grad is None and f.other.grad is not None  # the caller's list, not the module's parameters
+
+
+def test_tolerances_as_tensors_and_what_the_engine_refuses():
+    y0 = torch.ones(2, dtype=torch.float64)
+    ys = odeint(lambda t, y: -y, y0, [0.0, 1.0], rtol=torch.tensor(1e-9), atol=torch.tensor(1e-11))
+    assert ys[-1][0].item() == pytest.approx(math.exp(-1), rel=1e-8)  # a scalar tensor is a number
+    with pytest.raises(SolverError, match="^rtol cannot require gradient$"):
+        odeint(lambda t, y: -y, y0, [0.0, 1.0], rtol=torch.tensor(1e-6, requires_grad=True))
+    with pytest.raises(SolverError, match="^atol must be a scalar for the native engine"):
+        odeint(lambda t, y: -y, y0, [0.0, 1.0], atol=torch.tensor([1e-6, 1e-7]))
+    with pytest.raises(SolverError, match="^func must return a tensor, got list$"):
+        odeint(lambda t, y: [1.0, 2.0], y0, [0.0, 1.0])
