@@ -590,3 +590,10 @@ def test_tolerances_as_tensors_and_what_the_engine_refuses():
         odeint(lambda t, y: -y, y0, [0.0, 1.0], atol=torch.tensor([1e-6, 1e-7]))
     with pytest.raises(SolverError, match="^func must return a tensor, got list$"):
         odeint(lambda t, y: [1.0, 2.0], y0, [0.0, 1.0])
+
+
+def test_a_single_time_and_zero_tolerances_are_allowed():
+    y0 = torch.ones(2, dtype=torch.float64)
+    assert torch.equal(odeint(lambda t, y: -y, y0, [0.5]), y0[None])  # torchdiffeq returns y0 for one time
+    ys = odeint(lambda t, y: -y, y0, [0.0, 1.0], rtol=0.0, atol=1e-10)  # a pure absolute tolerance
+    assert ys[-1][0].item() == pytest.approx(math.exp(-1), rel=1e-8)
