@@ -158,6 +158,7 @@ def cmd_train(args) -> int:
             hooks.append(history_hook)
         progress = not args.no_progress and sys.stderr.isatty()
         summary = train(cfg, run, resume=bool(args.resume), progress=progress, hooks=hooks, ctx=ctx)
+        distributed.barrier(ctx)  # rank 0 evaluates and saves the last epoch alone: the ranks leave together
     except RuntimeError as e:  # a collective whose peer died: one line instead of a traceback
         lost = distributed.lost_contact(e, ctx)
         if lost is None:

@@ -127,6 +127,13 @@ def setup(device: torch.device) -> Context:
     return Context(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
+def barrier(ctx: Context) -> None:
+    """Wait for every rank. A rank that tore its process group down while rank 0 still worked alone was seen to
+    abort at exit ("terminate called without an active exception") on a loaded machine."""
+    if ctx.active:
+        torch.distributed.barrier()
+
+
 def shutdown(ctx: Context) -> None:
     if ctx.active and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
