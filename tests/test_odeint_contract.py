@@ -597,3 +597,27 @@ def test_a_single_time_and_zero_tolerances_are_allowed():
     assert torch.equal(odeint(lambda t, y: -y, y0, [0.5]), y0[None])  # torchdiffeq returns y0 for one time
     ys = odeint(lambda t, y: -y, y0, [0.0, 1.0], rtol=0.0, atol=1e-10)  # a pure absolute tolerance
     assert ys[-1][0].item() == pytest.approx(math.exp(-1), rel=1e-8)
+
+
+@pytest.mark.parametrize("call, msg", [
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], atol=-1.0), "^atol must be a finite number >= 0"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], options={"first_step": math.inf}),
+     "^first_step must be a positive finite number, got inf$"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], options={"first_step": 0.0}),
+     "^first_step must be a positive finite number, got 0.0$"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], options={"max_num_steps": 2.5}),
+     "^max_num_steps must be a positive integer, got 2.5$"),
+    (lambda: odeint(lambda t, y: y, "abc", [0.0, 1.0]), "^y0 must be a tensor or a tuple of tensors, got str$"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [1.0, 1.0]), "strictly increasing or strictly decreasing"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [2.0, 1.0, 1.0]), "strictly increasing or strictly decreasing"),
+    (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 0.5, 0.2]), "strictly increasing or strictly decreasing"),
+])
+def test_more_bad_input_is_one_line_solver_error(call, msg):
+    with pytest.raises(SolverError, match=msg):
+        call()
+
+
+def test_one_allowed_step_is_allowed():
+    ys = odeint(lambda t, y: torch.zeros_like(y), torch.ones(2, dtype=torch.float64), [0.0, 1.0],
+                options={"first_step": 1.0, "max_num_steps": 1})  # y' = 0: the first step is accepted and lands on 1
+    assert torch.equal(ys[-1], torch.ones(2, dtype=torch.float64))
