@@ -621,3 +621,20 @@ def test_one_allowed_step_is_allowed():
     ys = odeint(lambda t, y: torch.zeros_like(y), torch.ones(2, dtype=torch.float64), [0.0, 1.0],
                 options={"first_step": 1.0, "max_num_steps": 1})  # y' = 0: the first step is accepted and lands on 1
     assert torch.equal(ys[-1], torch.ones(2, dtype=torch.float64))
+
+
+def test_a_given_vjp_serves_decreasing_times_too():
+    """Backwards in time the engine integrates in s = -t and must turn the given vjp around with it."""
+    from odenet.ode.adjoint import autograd_vjp
+
+    grads = []
+    for given in (False, True):
+        f = Ramp()
+        y0 = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+        vjp = autograd_vjp(f, [f.k]) if given else None
+        ys = odeint(f, y0, [1.4, 0.2], rtol=1e-10, atol=1e-12, adjoint=True, adjoint_params=[f.k], vjp=vjp)
+        ys[-1].sum().backward()
+        grads.append(torch.cat([y0.grad, f.k.grad.reshape(1)]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-8)
+    e = Ramp().exponent(1.4, 0.2)
+    assert grads[1][0].item() == pytest.approx(math.exp(e), rel=1e-7)
