@@ -312,6 +312,18 @@ class Decay(nn.Module):
         return -self.k * y
 
 
+class Pair(nn.Module):
+    """A tuple state (x, v) with dx/dt = f(t, x), dv/dt = -v; its parts returned in ``dtype`` if given."""
+
+    def __init__(self, f, dtype=None):
+        super().__init__()
+        self.f, self.dtype = f, dtype
+
+    def forward(self, t, s):
+        parts = self.f(t, s[0]), -s[1]
+        return parts if self.dtype is None else tuple(p.to(self.dtype) for p in parts)
+
+
 def test_odeint_adjoint_has_torchdiffeqs_defaults_and_positional_arguments():
     f = Decay()
     y0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
@@ -403,15 +415,7 @@ def test_tuple_states_are_checked_and_differentiate_parameters():
     with pytest.raises(SolverError, match="floating-point or complex"):
         odeint(pair, (x0.long(), torch.ones(3, dtype=torch.long)), [0.0, 1.0])
 
-    class Pair(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.f = f
-
-        def forward(self, t, s):
-            return self.f(t, s[0]), -s[1]
-
-    xs, vs = odeint(Pair(), (x0, v0), [0.0, 0.5, 1.0], adjoint=True, rtol=1e-9, atol=1e-11)
+    xs, vs = odeint(Pair(f), (x0, v0), [0.0, 0.5, 1.0], adjoint=True, rtol=1e-9, atol=1e-11)
     assert xs.shape == (3, 2) and vs.shape == (3, 3)
     assert torch.allclose(vs[-1], v0 * math.exp(-1.0), rtol=1e-7)
     xs[-1].sum().backward()  # the adjoint reaches the module's parameters by default, as for plain states
@@ -463,18 +467,12 @@ def test_autograd_adjoint_of_a_function_that_ignores_the_state():
 def test_tuple_states_keep_time_dtype_method_and_the_adjoint():
     f = Ramp()
 
-    class Pair(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.f = f
-
-        def forward(self, t, s):
-            return self.f(t, s[0]).float(), (-s[1]).float()  # float32 parts for a float64 state: cast back
-
     x0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
     v0 = torch.ones(3, dtype=torch.float64)
     f.nfe = 0
-    xs, vs = odeint(Pair(), (x0, v0), [0.0, 1.0], method="rk4", options={"step_size": 0.001}, adjoint=True)
+    # float32 parts for a float64 state: cast back
+    xs, vs = odeint(Pair(f, torch.float32), (x0, v0), [0.0, 1.0], method="rk4", options={"step_size": 0.001},
+                    adjoint=True)
     assert f.nfe == 4000 and xs.dtype == torch.float64  # rk4's 1000 steps: the method and its options reach it
     assert torch.allclose(xs[-1], x0.detach() * math.exp(f.exponent(0.0, 1.0)), rtol=1e-6)
     f.nfe = 0
@@ -565,16 +563,8 @@ def test_keyword_settings_reach_odeint_adjoint_and_tuples_keep_their_adjoint_par
     odeint_adjoint(f, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), method="rk4", step_size=0.25)
     assert f.nfe == 16  # the keyword step size, not a single step over t
 
-    class Pair(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.f = f
-
-        def forward(self, t, s):
-            return self.f(t, s[0]), -s[1]
-
     f.k.grad = f.other.grad = None
-    xs, _ = odeint(Pair(), (y0, torch.ones(1, dtype=torch.float64)), [0.0, 1.0], adjoint=True,
+    xs, _ = odeint(Pair(f), (y0, torch.ones(1, dtype=torch.float64)), [0.0, 1.0], adjoint=True,
                    adjoint_params=[f.other])
     xs[-1].sum().backward()
     assert f.k.grad is None and f.other.grad is not None  # the caller's list, not the module's parameters
