@@ -44,7 +44,7 @@ def signals(model, x: torch.Tensor, n_times: int = 21, batch: int = 1000) -> dic
         out["z0"].append(z0)
         out["zT"].append(traj[-1])
         out["displacement"].append((traj[-1] - z0).norm(dim=1))
-        out["features"].append(torch.cat([maps.mean((2, 3)), hidden, traj[-1]], 1))  # as odenet.ood
+        out["features"].append(ood.features(maps, hidden, traj[-1]))
     return {k: torch.cat(v) for k, v in out.items()}
 
 

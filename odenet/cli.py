@@ -260,8 +260,7 @@ def cmd_predict(args) -> int:
                           for p, r in zip(read, results)], indent=2))
     else:
         for p, r in zip(read, results):
-            flag = (f"  (does not look like a {'digit' if cfg.dataset == 'mnist' else cfg.dataset + ' image'}: "
-                    f"score {r.score:.0f} > threshold {r.threshold:.0f})" if r.looks_unlike_training_data else "")
+            flag = f"  ({r.verdict(cfg.dataset)})" if r.looks_unlike_training_data else ""
             print(f"{p}: " + ", ".join(f"{names[c]} {q:.3f}" for c, q in r.top) + flag)
     return 1 if failed else 0
 

@@ -180,9 +180,9 @@ class Predictor:
         top = int(np.argmax(flow.final))
         text = (f"**{self.names[top]}** with probability {flow.final[top]:.3f} · {flow.nfe} function evaluations · "
                 f"{flow.ms:.0f} ms · solver {solver}, T = {flow.ts[-1]:g}")
-        if score is not None and self.detector is not None and score > self.detector.threshold:
-            what = "digit" if self.dataset == "mnist" else f"{self.dataset} image"
-            text += f"\n\n⚠ **This does not look like a {what}**: score {score:.0f} > threshold {self.detector.threshold:.0f}"
+        line = ood.verdict(score, self.detector.threshold if self.detector else None, self.dataset)
+        if line is not None:
+            text += f"\n\n⚠ **{line}**"
         return text
 
 

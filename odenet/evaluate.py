@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .data import Split, normalize
 from .model import NeuralODEModel
-from .ood import OODDetector, logits_and_features
+from .ood import OODDetector, logits_and_features, verdict
 
 
 @torch.no_grad()
@@ -58,6 +58,10 @@ class Prediction:
     def looks_unlike_training_data(self) -> bool:
         """True when the score is above the threshold: the picture does not look like a digit (or its dataset)."""
         return self.score is not None and self.threshold is not None and self.score > self.threshold
+
+    def verdict(self, dataset: str) -> Optional[str]:
+        """``odenet.ood.verdict`` of this prediction: the line to show, or None."""
+        return verdict(self.score, self.threshold, dataset)
 
 
 @torch.no_grad()

@@ -55,6 +55,19 @@ class OODDetector:
         return cls(state["means"].float(), state["precision"].float(), float(state["threshold"]))
 
 
+def features(maps: torch.Tensor, hidden: torch.Tensor, z_end: torch.Tensor) -> torch.Tensor:
+    """The score's features from the encoder's conv maps ``(B, 32, 7, 7)``, its hidden layer ``(B, 128)`` and z(T)."""
+    return torch.cat([maps.mean((2, 3)), hidden, z_end], 1)
+
+
+def verdict(score: Optional[float], threshold: Optional[float], dataset: str) -> Optional[str]:
+    """The line ``predict`` and the demo show for a score above its threshold; None otherwise."""
+    if score is None or threshold is None or not score > threshold:
+        return None
+    what = "digit" if dataset == "mnist" else f"{dataset} image"
+    return f"does not look like a {what}: score {score:.0f} > threshold {threshold:.0f}"
+
+
 @torch.no_grad()
 def logits_and_features(model: NeuralODEModel, x: torch.Tensor,
                         batch_size: int = 1000) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +78,7 @@ def logits_and_features(model: NeuralODEModel, x: torch.Tensor,
         maps, hidden, z0 = model.encode_stages(x[i:i + batch_size])
         z_end = model.odeblock(z0)
         logits.append(model.classifier(z_end))
-        feats.append(torch.cat([maps.mean((2, 3)), hidden, z_end], 1))
+        feats.append(features(maps, hidden, z_end))
     return torch.cat(logits), torch.cat(feats)
 
 

@@ -42,31 +42,36 @@ def chosen_by(path: Path, cfg: Config) -> str:
 
 def export(run: Path, out: Path, command: str, recipe: str, data_dir: Optional[str] = None) -> Path:
     """Write the shippable checkpoint of run folder ``run``'s final model (``last.pt``) to ``out``."""
-    from . import checkpoint, ood
-    from .data import load, load_split
+    from . import checkpoint
+    from .data import load
     from .flow import build_flow_map
 
     model, cfg, state = checkpoint.load_model(str(Path(run) / "checkpoints" / "last.pt"))
     test = load(cfg.dataset, cfg.resolved_data_dir(data_dir), False, torch.device("cpu"), verify=cfg.verify_data)
     fmap = build_flow_map(model, test.x, test.y)
-    detector = ood.fit_model(model, *load_split(cfg.dataset, cfg.resolved_data_dir(data_dir), True, cfg.verify_data),
-                             cfg.dataset)
     config = dict(cfg.to_dict(), data_dir=None, out="runs", device="auto")  # nothing of the machine it ran on
     shipped = {"config": config, "model": {k: v.float().contiguous() for k, v in model.state_dict().items()},
                "epoch": state["epoch"], "history": state["history"], "command": command, "recipe": recipe,
-               "flow_map": fmap.to_state(), "ood": detector.to_state()}
+               "flow_map": fmap.to_state(), "ood": _ood_state(model, cfg, data_dir)}
     checkpoint.save(out, shipped)
     return out
 
 
 def add_ood(path: Path, data_dir: Optional[str] = None) -> Path:
     """Fit ``odenet.ood``'s statistics for the shipped checkpoint at ``path`` and store them in it."""
-    from . import checkpoint, ood
-    from .data import load_split
+    from . import checkpoint
 
     model, cfg, state = checkpoint.load_model(str(path))
-    images, labels = load_split(cfg.dataset, cfg.resolved_data_dir(data_dir), True, cfg.verify_data)
     state = {k: v for k, v in state.items() if k not in ("format", "version")}
-    state["ood"] = ood.fit_model(model, images, labels, cfg.dataset).to_state()
+    state["ood"] = _ood_state(model, cfg, data_dir)
     checkpoint.save(Path(path), state)
     return Path(path)
+
+
+def _ood_state(model, cfg: Config, data_dir: Optional[str]) -> dict:
+    """The ``ood`` entry of a shipped checkpoint: ``odenet.ood``'s detector fitted on the model's training images."""
+    from . import ood
+    from .data import load_split
+
+    images, labels = load_split(cfg.dataset, cfg.resolved_data_dir(data_dir), True, cfg.verify_data)
+    return ood.fit_model(model, images, labels, cfg.dataset).to_state()
