@@ -55,7 +55,7 @@ def load_model(path: str, device: torch.device = torch.device("cpu")) -> Tuple[N
     state = load(str(resolve_path(path)))
     try:
         cfg = Config.from_dict(state["config"])
-        model = NeuralODEModel(dim=cfg.ode_dim, **cfg.solver_kwargs())
+        model = NeuralODEModel.from_config(cfg)
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError, OdenetError) as e:
         first = str(e).strip().splitlines()[0]

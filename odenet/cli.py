@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -12,55 +13,21 @@ from typing import Dict, List, Optional
 from .config import Config, load_config_file
 from .errors import OdenetError
 
-# flag -> (config key, type, help); defaults come from Config and are shown in --help
-TRAIN_FLAGS = [
-    ("--batch-size", "batch_size", int, "batch size (under torchrun: the global batch, split over the processes)"),
-    ("--epochs", "epochs", int, "epochs"),
-    ("--lr", "lr", float, "Adam learning rate"),
-    ("--lr-schedule", "lr_schedule", str, "cosine (per-epoch decay from --lr) or constant"),
-    ("--optimizer", "optimizer", str, "adam or adamw"),
-    ("--weight-decay", "weight_decay", float, "weight decay (decoupled with adamw)"),
-    ("--warmup-epochs", "warmup_epochs", float, "linear learning-rate warm-up over this many epochs"),
-    ("--label-smoothing", "label_smoothing", float, "label smoothing of the cross-entropy"),
-    ("--ema", "ema", float, "decay of an exponential moving average of the weights used for evaluation (0: off)"),
-    ("--aug-rotate", "aug_rotate", float, "augmentation: random rotation, +- degrees"),
-    ("--aug-translate", "aug_translate", float, "augmentation: random shift, +- pixels"),
-    ("--aug-scale", "aug_scale", float, "augmentation: random zoom, +- fraction"),
-    ("--aug-elastic", "aug_elastic", float, "augmentation: elastic distortion, rms displacement in pixels (0: off)"),
-    ("--aug-elastic-sigma", "aug_elastic_sigma", float, "smoothness of the elastic distortion: Gaussian blur, pixels"),
-    ("--aug-off-epochs", "aug_off_epochs", int, "the last N epochs train on the images as they are, unaugmented"),
-    ("--kinetic", "kinetic", float, "kinetic-energy regularization: weight of each image's integral of |dz/dt|^2 "
-                                   "over [0, T] in the loss (Finlay et al. 2020; adjoint only; 0: off)"),
-    ("--val-size", "val_size", int, "training images held out as a validation split that chooses best.pt; "
-                                    "0 trains on all of them and evaluate/predict use the final model"),
-    ("--t-end", "t_end", float, "final integration time T"),
-    ("--ode-dim", "ode_dim", int, "latent dimension"),
-    ("--solver", "solver", str, "ODE solver: dopri5, rk4, euler, midpoint, bosh3, adaptive_heun, or any torchdiffeq method"),
-    ("--rtol", "rtol", float, "relative tolerance (adaptive solvers)"),
-    ("--atol", "atol", float, "absolute tolerance (adaptive solvers)"),
-    ("--step-size", "step_size", float, "step of fixed-step solvers (euler, midpoint, rk4)"),
-    ("--backend", "backend", str, "solver engine: native or torchdiffeq"),
-    ("--max-steps", "max_steps", int, "adaptive solver step limit per solve"),
-    ("--dataset", "dataset", str, "mnist or fashion-mnist"),
-    ("--data-dir", "data_dir", str, "dataset folder in torchvision's layout (default: $ODENET_DATA_DIR or ~/.cache/odenet/data)"),
-    ("--train-subset", "train_subset", int, "train on a fixed random subset of this many images"),
-    ("--test-subset", "test_subset", int, "evaluate on a fixed random subset of this many images"),
-    ("--eval-batch-size", "eval_batch_size", int, "evaluation batch size"),
-    ("--seed", "seed", int, "random seed"),
-    ("--device", "device", str, "auto (cuda if available), cpu, cuda, cuda:N"),
-    ("--out", "out", str, "folder that holds run folders"),
-    ("--name", "name", str, "run folder name (default: <dataset>-<solver>-<time>)"),
-]
-TRAIN_SWITCHES = [  # (flag, config key, value it sets, help)
-    ("--no-adjoint", "adjoint", False, "backpropagate through the solver instead of the adjoint method"),
-    ("--aug-flip", "aug_flip", True, "augmentation: mirror left-right with probability 1/2 (clothes, not digits)"),
-    ("--no-aug-flip", "aug_flip", False, "no mirrors (overrides a --config file)"),
-    ("--seminorm", "seminorm", True, "adjoint backward error norm ignores the parameter adjoint"),
-    ("--no-seminorm", "seminorm", False, "adjoint backward error norm over every adjoint (overrides a --config file)"),
-    ("--tensorboard", "tensorboard", True, "also log to TensorBoard (<run>/tensorboard)"),
-    ("--no-report", "report", False, "do not write the figures and report.html at the end"),
-    ("--no-verify-data", "verify_data", False, "skip the MD5 check of dataset files (for your own IDX files)"),
-]
+def _train_flags():
+    """``--key value`` flags and ``--x``/``--no-x`` switches of every ``Config`` setting, help from its metadata."""
+    types = {"int": int, "float": float, "str": str, "Optional[int]": int, "Optional[str]": str}
+    flags, switches = [], []  # (flag, config key, type, help), (flag, config key, value it sets, help)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            for value, text in f.metadata["switches"].items():
+                switches.append((flag if value else "--no-" + flag[2:], f.name, value, text))
+        else:
+            flags.append((flag, f.name, types[f.type], f.metadata["help"]))
+    return flags, switches
+
+
+TRAIN_FLAGS, TRAIN_SWITCHES = _train_flags()
 
 # settings that do not change what is trained, so a resumed run may set them anew
 RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "report", "tensorboard")

@@ -10,10 +10,17 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .errors import OdenetError
+from .ode.settings import FIXED_METHODS, NATIVE_METHODS
 
 DATASETS = ("mnist", "fashion-mnist")
 LR_SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("adam", "adamw")
+
+
+def _s(default: Any, help: str, switches: Optional[Dict[bool, str]] = None) -> Any:
+    """A setting: its default and its help text, written once for ``Config``, the CLI and the docs.
+    ``switches``: for a true/false setting, the help of its ``--x`` (True) and ``--no-x`` (False) flags."""
+    return dataclasses.field(default=default, metadata={"help": help, "switches": switches or {}})
 
 
 @dataclass
@@ -21,53 +28,64 @@ class Config:
     """Every setting of a training run. The defaults are the seed's configuration (SPEC.md)."""
 
     # the seed's configuration
-    batch_size: int = 64
-    epochs: int = 10
-    lr: float = 1e-3
-    lr_schedule: str = "cosine"  # per-epoch cosine decay from lr; "constant" keeps lr fixed
+    batch_size: int = _s(64, "batch size (under torchrun: the global batch, split over the processes)")
+    epochs: int = _s(10, "epochs")
+    lr: float = _s(1e-3, "Adam learning rate")
+    lr_schedule: str = _s("cosine", "cosine (per-epoch decay from --lr) or constant")
     # training recipe beyond the seed (all off by default; see docs/accuracy.md)
-    optimizer: str = "adam"  # adam or adamw (decoupled weight decay)
-    weight_decay: float = 0.0
-    warmup_epochs: float = 0.0  # linear warm-up of the learning rate over this many epochs (per batch)
-    label_smoothing: float = 0.0
-    ema: float = 0.0  # decay of an exponential moving average of the weights used for evaluation; 0: off
-    aug_rotate: float = 0.0  # random rotation, +- degrees (on-device, whole batch at once)
-    aug_translate: float = 0.0  # random shift, +- pixels
-    aug_scale: float = 0.0  # random zoom, +- fraction
-    aug_flip: bool = False  # random left-right mirror (label-preserving for clothes, not for digits)
-    aug_elastic: float = 0.0  # elastic distortion: rms displacement in pixels of a smooth random field; 0: off
-    aug_elastic_sigma: float = 4.0  # the field's smoothness: Gaussian blur in pixels
-    aug_off_epochs: int = 0  # the last N epochs train on the images as they are (no augmentation)
-    kinetic: float = 0.0  # kinetic-energy regularization: weight of each image's integral |f(z(t))|^2 dt in the loss
-    val_size: int = 0  # images carved from the training set to choose best.pt; 0: train on all, no selection
-    t_end: float = 1.0
-    ode_dim: int = 64
-    solver: str = "dopri5"
-    rtol: float = 1e-3
-    atol: float = 1e-4
+    optimizer: str = _s("adam", "adam or adamw")
+    weight_decay: float = _s(0.0, "weight decay (decoupled with adamw)")
+    warmup_epochs: float = _s(0.0, "linear learning-rate warm-up over this many epochs")
+    label_smoothing: float = _s(0.0, "label smoothing of the cross-entropy")
+    ema: float = _s(0.0, "decay of an exponential moving average of the weights used for evaluation (0: off)")
+    aug_rotate: float = _s(0.0, "augmentation: random rotation, +- degrees")
+    aug_translate: float = _s(0.0, "augmentation: random shift, +- pixels")
+    aug_scale: float = _s(0.0, "augmentation: random zoom, +- fraction")
+    aug_flip: bool = _s(False, "augmentation: mirror left-right with probability 1/2", switches={
+        True: "augmentation: mirror left-right with probability 1/2 (clothes, not digits)",
+        False: "no mirrors (overrides a --config file)"})
+    aug_elastic: float = _s(0.0, "augmentation: elastic distortion, rms displacement in pixels (0: off)")
+    aug_elastic_sigma: float = _s(4.0, "smoothness of the elastic distortion: Gaussian blur, pixels")
+    aug_off_epochs: int = _s(0, "the last N epochs train on the images as they are, unaugmented")
+    kinetic: float = _s(0.0, "kinetic-energy regularization: weight of each image's integral of |dz/dt|^2 over [0, T] "
+                             "in the loss (Finlay et al. 2020; native solvers; 0: off)")
+    val_size: int = _s(0, "training images held out as a validation split that chooses best.pt; 0 trains on all of "
+                          "them and evaluate/predict use the final model")
+    t_end: float = _s(1.0, "final integration time T")
+    ode_dim: int = _s(64, "latent dimension")
+    solver: str = _s("dopri5", f"ODE solver: {', '.join(NATIVE_METHODS)}, or any torchdiffeq method")
+    rtol: float = _s(1e-3, "relative tolerance (adaptive solvers)")
+    atol: float = _s(1e-4, "absolute tolerance (adaptive solvers)")
     # solver details
-    step_size: float = 0.1  # fixed-step solvers: 10 steps over [0, 1]
-    adjoint: bool = True
-    seminorm: bool = False
-    backend: str = "native"
-    max_steps: int = 10_000
+    step_size: float = _s(0.1, f"step of fixed-step solvers ({', '.join(FIXED_METHODS)})")
+    adjoint: bool = _s(True, "gradients by the adjoint method", switches={
+        False: "backpropagate through the solver instead of the adjoint method"})
+    seminorm: bool = _s(False, "adjoint backward error norm ignores the parameter adjoint", switches={
+        True: "adjoint backward error norm ignores the parameter adjoint",
+        False: "adjoint backward error norm over every adjoint (overrides a --config file)"})
+    backend: str = _s("native", "solver engine: native or torchdiffeq")
+    max_steps: int = _s(10_000, "adaptive solver step limit per solve")
     # data and run
-    dataset: str = "mnist"
-    data_dir: Optional[str] = None
-    verify_data: bool = True
-    train_subset: Optional[int] = None
-    test_subset: Optional[int] = None
-    eval_batch_size: int = 1000
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs"
-    name: Optional[str] = None
-    tensorboard: bool = False
-    report: bool = True
+    dataset: str = _s("mnist", "mnist or fashion-mnist")
+    data_dir: Optional[str] = _s(None, "dataset folder in torchvision's layout (default: $ODENET_DATA_DIR or "
+                                       "~/.cache/odenet/data)")
+    verify_data: bool = _s(True, "MD5 check of the dataset files", switches={
+        False: "skip the MD5 check of dataset files (for your own IDX files)"})
+    train_subset: Optional[int] = _s(None, "train on a fixed random subset of this many images")
+    test_subset: Optional[int] = _s(None, "evaluate on a fixed random subset of this many images")
+    eval_batch_size: int = _s(1000, "evaluation batch size")
+    seed: int = _s(0, "random seed")
+    device: str = _s("auto", "auto (cuda if available), cpu, cuda, cuda:N")
+    out: str = _s("runs", "folder that holds run folders")
+    name: Optional[str] = _s(None, "run folder name (default: <dataset>-<solver>-<time>)")
+    tensorboard: bool = _s(False, "also log to TensorBoard (<run>/tensorboard)", switches={
+        True: "also log to TensorBoard (<run>/tensorboard)"})
+    report: bool = _s(True, "write the figures and report.html at the end", switches={
+        False: "do not write the figures and report.html at the end"})
 
     def validate(self) -> "Config":
         """Raise ``OdenetError`` with a one-line message for any invalid value; return self."""
-        from .ode import BACKENDS, resolve_backend
+        from .ode import BACKENDS
 
         positive = dict(batch_size=self.batch_size, epochs=self.epochs, lr=self.lr, t_end=self.t_end,
                         ode_dim=self.ode_dim, rtol=self.rtol, atol=self.atol, step_size=self.step_size,
@@ -104,13 +122,17 @@ class Config:
             raise OdenetError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.backend not in BACKENDS:
             raise OdenetError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        resolve_backend(self.solver, self.backend)
-        if self.kinetic > 0 and not (self.adjoint and resolve_backend(self.solver, self.backend) == "native"):
-            raise OdenetError("kinetic needs the adjoint method of the native backend (its gradient is added in the "
-                              "adjoint's backward pass); drop --no-adjoint / --backend torchdiffeq or set kinetic 0")
+        solver = self.ode_solver()
+        if self.kinetic > 0:
+            solver.check_energy()
         if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
             raise OdenetError(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
         return self
+
+    @staticmethod
+    def help(name: str) -> str:
+        """The help text of setting ``name``."""
+        return _FIELDS[name].metadata["help"]
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,11 +149,16 @@ class Config:
         """``override``, else this run's ``data_dir``, else ``$ODENET_DATA_DIR`` or the per-user cache."""
         return override or self.data_dir or default_data_dir()
 
-    def solver_kwargs(self) -> Dict[str, Any]:
-        """The ODE block's settings (see ``odenet.model.ODEBlock``)."""
-        return dict(t_end=self.t_end, method=self.solver, rtol=self.rtol, atol=self.atol,
-                    step_size=self.step_size, adjoint=self.adjoint, seminorm=self.seminorm,
-                    backend=self.backend, max_steps=self.max_steps)
+    def ode_solver(self) -> "Solver":
+        """The run's ``odenet.ode.Solver``: the method, its step controller and its adjoint, built once here."""
+        from .ode import Solver
+
+        return Solver.of(method=self.solver, backend=self.backend, rtol=self.rtol, atol=self.atol,
+                         step_size=self.step_size, max_steps=self.max_steps, adjoint=self.adjoint,
+                         seminorm=self.seminorm)
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
 
 
 def load_config_file(path: str) -> Dict[str, Any]:

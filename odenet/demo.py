@@ -24,11 +24,11 @@ from .files import write_once
 from .flow import Flow, FlowMap, decision_along_flow
 from . import ood
 from .model import NeuralODEModel
-from .ode import NATIVE_METHODS, is_adaptive
+from .ode import NATIVE_METHODS
 from .ood import OODDetector, logits_and_features
 
 HINT = "Draw a digit on the pad, or upload a photo or scan of one."
-SOLVERS = [m for m in ("dopri5", "bosh3", "adaptive_heun", "rk4", "midpoint", "euler", "heun3") if m in NATIVE_METHODS]
+SOLVERS = list(NATIVE_METHODS)
 log = logging.getLogger("odenet.demo")
 
 
@@ -73,10 +73,8 @@ class Predictor:
             if v is None or not np.isfinite(v) or v <= 0:
                 raise OdenetError(f"{name} must be a positive number")
         x = self._input(image)
-        kw = dict(method=solver, rtol=rtol, atol=atol, step_size=None if is_adaptive(solver) else step)
-        if not is_adaptive(solver) and t_end / step > 10_000:
-            raise OdenetError("step size too small for this T (more than 10,000 steps)")
-        return decision_along_flow(self.model, x, t_end=t_end, max_steps=10_000, **kw)
+        return decision_along_flow(self.model, x, t_end=t_end, method=solver, rtol=rtol, atol=atol, step_size=step,
+                                   max_steps=10_000)
 
     def _input(self, image: np.ndarray) -> torch.Tensor:
         return normalize(torch.from_numpy(image[None]), self.dataset).to(self.device)

@@ -11,15 +11,12 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .ode import is_adaptive, odeint
+from .config import Config
+from .ode import Solver, integrate
 
 
 class ODEFunc(nn.Module):
-    """f_theta: the 64-128-128-128-64 MLP. Counts its evaluations in ``nfe`` (reset it yourself).
-
-    ``kinetic`` (default 0): the weight ``w`` of a kinetic-energy term ``w * sum_b integral |f(z_b(t))|^2 dt``
-    whose gradient :meth:`vjp` adds to the adjoint's (Finlay et al. 2020); set it only around a backward pass.
-    """
+    """f_theta: the 64-128-128-128-64 MLP. Counts its evaluations in ``nfe`` (reset it yourself)."""
 
     def __init__(self, dim: int = 64, hidden: int = 128):
         super().__init__()
@@ -30,7 +27,6 @@ class ODEFunc(nn.Module):
             nn.Linear(hidden, dim),
         )
         self.nfe = 0
-        self.kinetic = 0.0
 
     def _linears(self) -> List[nn.Linear]:
         return [m for m in self.net if isinstance(m, nn.Linear)]  # Linear, ReLU, ..., Linear
@@ -55,12 +51,13 @@ class ODEFunc(nn.Module):
         return h
 
     @torch.no_grad()
-    def vjp(self, t, z: torch.Tensor, a: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def vjp(self, t, z: torch.Tensor, a: torch.Tensor,
+            kinetic: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(f(z), a df/dz, a df/dtheta flattened in parameters() order)`` with a hand-written backward.
 
         Same numbers as autograd (tested) without building a graph: the adjoint pass calls this at every
-        stage. Counts one evaluation. With ``kinetic`` = w > 0 the cotangent is ``a + 2 w f(z)``: the adjoint of
-        the running cost ``w |f(z)|^2`` (da/dt = -(a + 2wf) df/dz, dL/dtheta += integral 2wf df/dtheta dt).
+        stage. Counts one evaluation. ``kinetic`` (per-sample weights ``c``, shape ``(B, 1)``) makes the cotangent
+        ``a + 2 c f(z)``: the adjoint of the running cost ``c |f(z)|^2`` (the kinetic energy's gradient).
         """
         self.nfe += 1
         linears = self._linears()
@@ -72,7 +69,7 @@ class ODEFunc(nn.Module):
         for w, b in sizes:
             offsets.append(o)
             o += w + b
-        g = a if not self.kinetic else a + (2.0 * self.kinetic) * h
+        g = a if kinetic is None else a + 2.0 * kinetic * h
         for i in range(len(linears) - 1, -1, -1):
             m, x, o = linears[i], inputs[i], offsets[i]
             nw, nb = sizes[i]
@@ -85,50 +82,44 @@ class ODEFunc(nn.Module):
 
 
 class ODEBlock(nn.Module):
-    """Integrates ``odefunc`` from 0 to ``t_end``; solver settings are plain attributes (not printed)."""
+    """Integrates ``odefunc`` from 0 to ``t_end`` under ``solver`` (an ``odenet.ode.Solver``; not printed).
 
-    def __init__(self, odefunc: ODEFunc, t_end: float = 1.0, method: str = "dopri5", rtol: float = 1e-3,
-                 atol: float = 1e-4, step_size: Optional[float] = 0.1, adjoint: bool = True,
-                 seminorm: bool = False, backend: str = "native", max_steps: int = 10_000):
+    ``solver`` None: the seed's (dopri5, rtol 1e-3, atol 1e-4, adjoint; ``Config().ode_solver()``).
+    """
+
+    def __init__(self, odefunc: nn.Module, t_end: float = 1.0, solver: Optional[Solver] = None):
         super().__init__()
         self.odefunc = odefunc
-        self.t_end, self.method, self.rtol, self.atol = t_end, method, rtol, atol
-        self.step_size, self.adjoint, self.seminorm = step_size, adjoint, seminorm
-        self.backend, self.max_steps = backend, max_steps
-        self.fused_vjp = True  # adjoint pass uses ODEFunc.vjp instead of autograd
+        self.t_end = t_end
+        self.solver = solver if solver is not None else Config().ode_solver()
 
     @contextmanager
-    def settings(self, **kw):
-        """Temporarily change solver settings: ``with block.settings(method="rk4", step_size=0.05): ...``."""
-        old = {k: getattr(self, k) for k in kw}
-        for k, v in kw.items():
-            setattr(self, k, v)
+    def settings(self, t_end: Optional[float] = None, **flat):
+        """Temporarily change ``t_end`` or solver settings: ``with block.settings(method="rk4", step_size=0.05):``."""
+        old = self.t_end, self.solver
+        self.solver = self.solver.replace(**flat)
+        self.t_end = old[0] if t_end is None else t_end
         try:
             yield self
         finally:
-            for k, v in old.items():
-                setattr(self, k, v)
+            self.t_end, self.solver = old
 
-    def forward(self, z0: torch.Tensor) -> torch.Tensor:
-        """z(T) for z(0) = ``z0``: ``(B, dim) -> (B, dim)``."""
-        return self.trajectory(z0, [0.0, self.t_end])[-1]
+    def forward(self, z0: torch.Tensor, energy: bool = False):
+        """z(T) for z(0) = ``z0``: ``(B, dim) -> (B, dim)``; with ``energy`` also ``integral_0^T |f|^2 dt`` ``(B,)``."""
+        sol = integrate(self.odefunc, z0, [0.0, self.t_end], self.solver, energy=energy)
+        return (sol.ys[-1], sol.energy) if energy else sol.ys[-1]
 
-    def trajectory(self, z0: torch.Tensor, ts: Sequence[float], **overrides) -> torch.Tensor:
-        """z at each time of ``ts`` (starting at 0): ``(len(ts), B, dim)``; keyword args override settings."""
-        kw = dict(method=self.method, rtol=self.rtol, atol=self.atol, step_size=self.step_size,
-                  adjoint=self.adjoint, seminorm=self.seminorm, backend=self.backend, max_steps=self.max_steps)
-        kw.update(overrides)
-        if is_adaptive(kw["method"]):
-            kw["step_size"] = None  # step_size is the fixed-step solvers' setting; adaptive ones estimate it
-        # the fused vjp returns every parameter's gradient: usable only when none is frozen
-        fused = self.fused_vjp and all(p.requires_grad for p in self.odefunc.parameters())
-        return odeint(self.odefunc, z0, ts, vjp=self.odefunc.vjp if fused else None, **kw)
+    def trajectory(self, z0: torch.Tensor, ts: Sequence[float], **flat) -> torch.Tensor:
+        """z at each time of ``ts`` (starting at 0): ``(len(ts), B, dim)``; keyword args override solver settings."""
+        return integrate(self.odefunc, z0, ts, self.solver.replace(**flat) if flat else self.solver).ys
 
 
 class NeuralODEModel(nn.Module):
     """Encoder (28x28 image -> ``dim``, tanh-bounded) -> ODE block -> classifier (10 logits)."""
 
-    def __init__(self, dim: int = 64, num_classes: int = 10, **solver):
+    def __init__(self, dim: int = 64, num_classes: int = 10, *, t_end: float = 1.0, solver: Optional[Solver] = None,
+                 **settings):
+        """``solver`` (None: the seed's), changed by flat ``settings`` such as ``method="rk4", step_size=0.25``."""
         super().__init__()
         self.encoder = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -136,13 +127,23 @@ class NeuralODEModel(nn.Module):
             nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, dim), nn.Tanh(),
         )
         self.odefunc = ODEFunc(dim)
-        self.odeblock = ODEBlock(self.odefunc, **solver)
+        solver = solver if solver is not None else Config().ode_solver()
+        self.odeblock = ODEBlock(self.odefunc, t_end, solver.replace(**settings) if settings else solver)
         self.classifier = nn.Sequential(nn.Linear(dim, 64), nn.ReLU(), nn.Linear(64, num_classes))
         # NHWC convolutions are ~3x faster than NCHW on CPU (oneDNN) for this encoder; see docs/performance.md
         self.encoder.to(memory_format=torch.channels_last)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, 10)`` for images ``(B, 1, 28, 28)``."""
+    @classmethod
+    def from_config(cls, cfg: Config) -> "NeuralODEModel":
+        """The model a run of ``cfg`` trains (its ``ode_dim``, ``t_end`` and solver)."""
+        return cls(dim=cfg.ode_dim, t_end=cfg.t_end, solver=cfg.ode_solver())
+
+    def forward(self, x: torch.Tensor, energy: bool = False):
+        """Logits ``(B, 10)`` for images ``(B, 1, 28, 28)``; with ``energy`` also the flow's kinetic energy
+        ``integral_0^T |f(z(t))|^2 dt`` per image ``(B,)``, differentiable (its gradient from the adjoint pass)."""
+        if energy:
+            zT, e = self.odeblock(self.encode(x), energy=True)
+            return self.classifier(zT), e
         return self.classifier(self.odeblock(self.encode(x)))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

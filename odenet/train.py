@@ -26,7 +26,6 @@ from .errors import DivergenceError, Interrupted, OdenetError, SolverError
 from .evaluate import run_eval
 from .files import atomic_write_text
 from .model import NeuralODEModel
-from .ode import resolve_backend
 
 EpochHook = Callable[[Path, List[Dict]], None]
 
@@ -41,7 +40,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(cfg: Config) -> NeuralODEModel:
-    return NeuralODEModel(dim=cfg.ode_dim, **cfg.solver_kwargs())
+    return NeuralODEModel.from_config(cfg)
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, optimizer: str = "adam",
@@ -96,20 +95,17 @@ def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tenso
     non-finite loss or a failed solve) before any update. Under DDP a rank's loss is its shard's loss sum
     times ``world / batch size``: DDP's gradient average is then exactly the mean over the whole batch.
     ``weight`` 0 marks a stand-in image (see ``Split.shards``). ``kinetic`` > 0 adds ``kinetic`` times each
-    image's ``integral_0^T |f(z(t))|^2 dt`` to its loss; its gradient comes from the adjoint pass (``ODEFunc.vjp``).
+    image's ``integral_0^T |f(z(t))|^2 dt`` (the model's ``energy`` output) to its loss.
     """
-    if kinetic and not (model.odeblock.adjoint and resolve_backend(model.odeblock.method, model.odeblock.backend)
-                        == "native" and model.odeblock.fused_vjp
-                        and all(p.requires_grad for p in model.odefunc.parameters())):
-        # only ODEFunc.vjp adds the term's gradient: any other path would train without it, silently
-        raise OdenetError("kinetic needs the native adjoint with its fused vjp and every ODE parameter trainable")
     net = net or model
     model.nfe = 0
     failure, loss_sum, correct = "", 0.0, 0.0
     try:
-        logits = net(x)
+        logits, energy = net(x, energy=True) if kinetic else (net(x), None)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction="sum" if ctx.active else "mean")
         loss_sum = loss.item() * (weight if ctx.active else len(y))
+        if energy is not None:  # the regularizer trains but is not reported in the loss
+            loss = loss + kinetic * (energy.sum() if ctx.active else energy.mean())
         correct = (logits.argmax(1) == y).sum().item() * weight
     except (SolverError, AssertionError) as e:
         if not _solver_failure(e):
@@ -126,11 +122,7 @@ def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tenso
         raise ctx.agreed(DivergenceError(f"loss is {loss_sum / n}"))
     opt.zero_grad(set_to_none=True)
     scale = ctx.world * weight / n if ctx.active else 1.0 / len(y)  # of a per-image sum (the loss is one here)
-    model.odefunc.kinetic = kinetic * scale
-    try:
-        (loss * scale if ctx.active else loss).backward()
-    finally:
-        model.odefunc.kinetic = 0.0
+    (loss * scale if ctx.active else loss).backward()
     opt.step()
     return StepStats(loss_sum / n, correct, n, nfe_f / ctx.world, model.nfe)
 
@@ -158,7 +150,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
     main = ctx.is_main
     log = (log or (lambda msg: print(msg, flush=True))) if main else (lambda msg: None)
     cfg.validate()
-    if resolve_backend(cfg.solver, cfg.backend) != cfg.backend:
+    if cfg.ode_solver().engine != cfg.backend:
         log(f"note: solver {cfg.solver} is not in the native engine; it runs on the torchdiffeq backend")
     if cfg.batch_size % ctx.world:
         raise ctx.agreed(OdenetError(f"batch-size {cfg.batch_size} is the global batch and must divide evenly "

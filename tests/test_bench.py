@@ -6,7 +6,7 @@ import pytest
 from conftest import needs_data, real_data_dir
 from odenet.cli import main
 
-STAGES = {"euler": 1, "midpoint": 2, "rk4": 4}
+STAGES = {"euler": 1, "midpoint": 2, "heun3": 3, "rk4": 4}
 
 
 def test_bench_solvers_tiny(synth_dir, tmp_path, capsys):
@@ -17,7 +17,7 @@ def test_bench_solvers_tiny(synth_dir, tmp_path, capsys):
     assert main(argv) == 0
     res = json.loads((out / "solvers.json").read_text())["tables"]
     solvers = res["solvers"]
-    assert [r["solver"] for r in solvers] == ["dopri5", "bosh3", "adaptive_heun", "rk4", "midpoint", "euler"]
+    assert [r["solver"] for r in solvers] == ["dopri5", "bosh3", "adaptive_heun", "rk4", "heun3", "midpoint", "euler"]
     for r in solvers + res["dopri5 tolerance sweep"] + res["fixed-step sweep"]:
         for k in ("test acc", "acc (reference solver)", "acc (finer)"):  # counts over the 60 test images
             assert r[k] * 60 == pytest.approx(round(r[k] * 60), abs=1e-6), (k, r[k])

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 import torch
 
 from odenet.model import NeuralODEModel
@@ -73,9 +74,11 @@ def test_encode_equals_the_encoder_in_value_and_gradient():
         assert torch.equal(a, b)
 
 
-def test_kinetic_gradient_is_that_of_the_regularised_loss():
-    """The adjoint with ``kinetic = w`` gives the gradient of loss + w * sum_b integral |f(z_b)|^2 dt: torchdiffeq's
-    adjoint of the augmented state [z, energy] on the same rk4 grid agrees to rounding (float64)."""
+@pytest.mark.parametrize("path", ["fused vjp", "autograd vjp", "backprop through the solver"])
+def test_kinetic_gradient_is_that_of_the_regularised_loss(path):
+    """``model(x, energy=True)`` returns each image's integral |f(z)|^2 dt, and the gradient of
+    loss + w * sum_b E_b is exact on every gradient path: torchdiffeq on the augmented state [z, energy] on the same
+    rk4 grid (its adjoint, or backprop through its solver) agrees to rounding (float64)."""
     import torchdiffeq
 
     torch.manual_seed(0)
@@ -93,26 +96,27 @@ def test_kinetic_gradient_is_that_of_the_regularised_loss():
 
     def ours(w):
         m.zero_grad()
-        loss = m(x).logsumexp(1).sum()
-        m.odefunc.kinetic = w
-        try:
-            loss.backward()
-        finally:
-            m.odefunc.kinetic = 0.0
-        return [p.grad.clone() for p in m.parameters()]
+        logits, energy = m(x, energy=True)
+        (logits.logsumexp(1).sum() + w * energy.sum()).backward()
+        return [p.grad.clone() for p in m.parameters()], energy.detach()
 
     def reference(w):
         m.zero_grad()
         z0 = m.encode(x)
         s0 = torch.cat([z0, z0.new_zeros(len(z0), 1)], 1)
-        sT = torchdiffeq.odeint_adjoint(Augmented(m.odefunc), s0, torch.tensor([0.0, 1.0], dtype=torch.float64),
-                                        method="rk4", options=dict(step_size=0.1))[-1]
+        solve = torchdiffeq.odeint if path == "backprop through the solver" else torchdiffeq.odeint_adjoint
+        sT = solve(Augmented(m.odefunc), s0, torch.tensor([0.0, 1.0], dtype=torch.float64),
+                   method="rk4", options=dict(step_size=0.1))[-1]
         (m.classifier(sT[:, :-1]).logsumexp(1).sum() + w * sT[:, -1].sum()).backward()
-        return [p.grad.clone() for p in m.parameters()]
+        return [p.grad.clone() for p in m.parameters()], sT[:, -1].detach()
 
-    with m.odeblock.settings(method="rk4", step_size=0.1):
-        plain, reg = ours(0.0), ours(0.3)
-        for a, b in zip(reg, reference(0.3)):
+    settings = {"fused vjp": {}, "autograd vjp": dict(fused_vjp=False),
+                "backprop through the solver": dict(adjoint=False)}[path]
+    with m.odeblock.settings(method="rk4", step_size=0.1, **settings):
+        (plain, _), (reg, energy) = ours(0.0), ours(0.3)
+        ref, ref_energy = reference(0.3)
+        torch.testing.assert_close(energy, ref_energy, rtol=1e-12, atol=0)
+        for a, b in zip(reg, ref):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     # the term matters: it changes the gradients by as much as they are large
     assert max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(reg, plain)) > 0.1

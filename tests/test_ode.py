@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from odenet.errors import SolverError
-from odenet.ode import odeint
+from odenet.ode import odeint, odeint_adjoint
 
 
 class Linear(nn.Module):
@@ -48,7 +48,7 @@ def test_fixed_step_convergence_order(method, order):
     errs = []
     for h in hs:
         with torch.no_grad():
-            y = odeint(f, y0, [0.0, 1.0], method=method, step_size=h, adjoint=False)[-1]
+            y = odeint(f, y0, [0.0, 1.0], method=method, options=dict(step_size=h))[-1]
         errs.append((y - exact).norm().item())
     slopes = [math.log(errs[i] / errs[i + 1]) / math.log(hs[i] / hs[i + 1]) for i in range(len(hs) - 1)]
     assert all(abs(s - order) < 0.25 for s in slopes), (method, slopes)
@@ -59,7 +59,7 @@ def test_dopri5_error_within_tolerance(rtol):
     f = Linear()
     y0 = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        y = odeint(f, y0, [0.0, 1.0], method="dopri5", rtol=rtol, atol=rtol * 1e-2, adjoint=False)[-1]
+        y = odeint(f, y0, [0.0, 1.0], method="dopri5", rtol=rtol, atol=rtol * 1e-2)[-1]
     err = ((y - f.exact(y0, 1.0)).abs() / (rtol * 1e-2 + rtol * f.exact(y0, 1.0).abs())).max().item()
     assert err < 10.0  # global error stays within a small multiple of the local tolerance
     assert (y - f.exact(y0, 1.0)).abs().max().item() < 20 * rtol
@@ -73,8 +73,7 @@ def test_native_matches_torchdiffeq(method):
     for backend in ("native", "torchdiffeq"):
         f.nfe = 0
         with torch.no_grad():
-            out[backend] = odeint(f, y0, [0.0, 0.5, 1.0], method=method, rtol=1e-8, atol=1e-10, step_size=0.05,
-                                  adjoint=False, backend=backend)
+            out[backend] = odeint(f, y0, [0.0, 0.5, 1.0], method=method, rtol=1e-8, atol=1e-10, backend=backend, options=dict(step_size=0.05))
         nfe[backend] = f.nfe
     rel = ((out["native"] - out["torchdiffeq"]).norm() / out["torchdiffeq"].norm()).item()
     assert rel < 1e-5, rel  # both within their own global error of the true solution
@@ -82,10 +81,13 @@ def test_native_matches_torchdiffeq(method):
         assert rel < 1e-12 and nfe["native"] == nfe["torchdiffeq"] == {"euler": 1, "midpoint": 2, "rk4": 4}[method] * 20
 
 
-def _grads(f, y0, **kw):
+def _grads(f, y0, **settings):
+    """Gradients of a loss on y(0.4) and y(1) through ``integrate`` under ``Solver.of(**settings)``."""
+    from odenet.ode import Solver, integrate
+
     f.zero_grad()
     y0 = y0.clone().requires_grad_(True)
-    ys = odeint(f, y0, [0.0, 0.4, 1.0], **kw)
+    ys = integrate(f, y0, [0.0, 0.4, 1.0], Solver.of(**settings)).ys
     (ys[1].sin().sum() + (ys[-1] ** 2).sum()).backward()
     return torch.cat([y0.grad.flatten()] + [p.grad.flatten() for p in f.parameters()])
 
@@ -122,7 +124,7 @@ def test_seminorm_strictly_reduces_backward_evaluations():
     counts, grads = [], []
     for semi in (False, True):
         f.zero_grad()
-        y = odeint(f, y0, [0.0, 2.0], method="dopri5", rtol=1e-6, atol=1e-8, seminorm=semi, adjoint=True)[-1]
+        y = odeint_adjoint(f, y0, [0.0, 2.0], method="dopri5", rtol=1e-6, atol=1e-8, adjoint_options=dict(norm="seminorm") if semi else None)[-1]
         f.nfe = 0
         y.pow(2).sum().backward()
         counts.append(f.nfe)
@@ -136,7 +138,7 @@ def test_nfe_counts_follow_solver_stages():
     y0 = torch.randn(2, 4, dtype=torch.float64)
     for method, stages in (("euler", 1), ("midpoint", 2), ("rk4", 4)):
         f.nfe = 0
-        y = odeint(f, y0, [0.0, 1.0], method=method, step_size=0.25, adjoint=True)[-1]
+        y = odeint_adjoint(f, y0, [0.0, 1.0], method=method, options=dict(step_size=0.25))[-1]
         assert f.nfe == 4 * stages
         f.nfe = 0
         y.sum().backward()
@@ -156,14 +158,13 @@ class BlowUp(nn.Module):
 def test_blow_up_fails_with_clear_error_not_hang(backend):
     y0 = torch.ones(1, dtype=torch.float64)
     with pytest.raises(SolverError, match="underflow|max_steps|max_num_steps"):
-        odeint(BlowUp(), y0, [0.0, 2.0], method="dopri5", adjoint=False, backend=backend, max_steps=2000)
+        odeint(BlowUp(), y0, [0.0, 2.0], method="dopri5", backend=backend, options=dict(max_num_steps=2000))
 
 
 def test_max_steps_error():
     f = Linear()
     with pytest.raises(SolverError, match="max_steps"):
-        odeint(f, torch.ones(1, 4, dtype=torch.float64), [0.0, 100.0], rtol=1e-10, atol=1e-12, adjoint=False,
-               max_steps=5)
+        odeint(f, torch.ones(1, 4, dtype=torch.float64), [0.0, 100.0], rtol=1e-10, atol=1e-12, options=dict(max_num_steps=5))
 
 
 def test_bad_arguments():
@@ -174,7 +175,7 @@ def test_bad_arguments():
     with pytest.raises(SolverError, match="strictly increasing or strictly decreasing"):
         odeint(f, y0, [0.0, 1.0, 0.5])
     with pytest.raises(SolverError, match="step_size"):
-        odeint(f, y0, [0.0, 1.0], method="rk4", step_size=-0.1)
+        odeint(f, y0, [0.0, 1.0], method="rk4", options=dict(step_size=-0.1))
 
 
 def test_torchdiffeq_only_method_falls_back():
@@ -233,7 +234,7 @@ def test_float32_adjoint_of_the_model_function_matches_torchdiffeq():
             z = z0.clone().requires_grad_(True)
             kw = dict(method=method, rtol=1e-3, atol=1e-4, options=dict(options))
             if ours:
-                y = odeint(f, z, [0.0, 1.0], adjoint=True, vjp=f.vjp, **kw)[-1]
+                y = odeint_adjoint(f, z, [0.0, 1.0], **kw)[-1]  # ODEFunc.vjp: the fused adjoint
             else:
                 y = torchdiffeq.odeint_adjoint(f, z, torch.tensor([0.0, 1.0], dtype=dtype),
                                                adjoint_params=tuple(f.parameters()), **kw)[-1]
@@ -280,11 +281,14 @@ def test_a_non_finite_trial_step_is_retried_smaller():
 
 @pytest.mark.parametrize("step", [0.0, -0.1, math.inf, math.nan])
 def test_the_engine_itself_refuses_a_step_that_is_not_positive_and_finite(step):
-    """odenet.ode.solve (public, below the odeint facade that checks it too) says so in one line."""
-    from odenet.ode import TABLEAUS, solve
+    """The step controller the engine takes cannot hold such a step: one line, from the facade or the type."""
+    from odenet.ode import StepController
 
-    with pytest.raises(SolverError, match=r"solver 'rk4' needs a positive finite step_size, got"):
-        solve(lambda t, y: -y, torch.ones(2, dtype=torch.float64), [0.0, 1.0], TABLEAUS["rk4"], step_size=step)
+    with pytest.raises(SolverError, match=r"^step_size must be a positive finite number, got"):
+        StepController(step_size=step)
+    with pytest.raises(SolverError, match=r"^step_size must be a positive finite number, got"):
+        odeint(lambda t, y: -y, torch.ones(2, dtype=torch.float64), [0.0, 1.0], method="rk4",
+               options=dict(step_size=step))
 
 
 def test_max_num_steps_allows_exactly_that_many_steps():

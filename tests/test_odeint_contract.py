@@ -79,8 +79,7 @@ def test_gradient_with_respect_to_times(method, adjoint):
     """y(t) = y0 exp(sin t - sin t0): dL/dT = cos(T) y(T), dL/dt0 = -cos(t0) y(T) for L = sum y(T)."""
     y0 = torch.tensor([1.0, 2.0], dtype=torch.float64)
     t = torch.tensor([0.3, 1.1, 2.0], dtype=torch.float64, requires_grad=True)
-    ys = odeint(Sine(), y0, t, method=method, rtol=1e-10, atol=1e-12, options={"step_size": 1e-3},
-                adjoint=adjoint)
+    ys = (odeint_adjoint if adjoint else odeint)(Sine(), y0, t, method=method, rtol=1e-10, atol=1e-12, options={"step_size": 1e-3})
     ys[-1].sum().backward()
     yT = Sine.exact(y0, 0.3, 2.0).sum().item()
     expected = torch.tensor([-math.cos(0.3) * yT, 0.0, math.cos(2.0) * yT], dtype=torch.float64)
@@ -91,8 +90,7 @@ def test_gradient_with_respect_to_times(method, adjoint):
     t.grad = None
     y0g = y0.clone().requires_grad_(True)
     loss = lambda ys_: (ys_[1] ** 2).sum() + ys_[2].sin().sum()  # noqa: E731
-    loss(odeint(Sine(), y0g, t, method=method, rtol=1e-10, atol=1e-12, options={"step_size": 1e-3},
-                adjoint=adjoint)).backward()
+    loss((odeint_adjoint if adjoint else odeint)(Sine(), y0g, t, method=method, rtol=1e-10, atol=1e-12, options={"step_size": 1e-3})).backward()
     ours = torch.cat([t.grad, y0g.grad])
     t2 = t.detach().clone().requires_grad_(True)
     y02 = y0.clone().requires_grad_(True)
@@ -112,7 +110,7 @@ def test_gradcheck_y0_and_parameters_direct_and_adjoint():
     for adjoint in (False, True):
         net.zero_grad()
         y0c = y0.detach().clone().requires_grad_(True)
-        ys = odeint(net_module(net), y0c, [0.0, 0.5, 1.0], method="dopri5", rtol=1e-10, atol=1e-12, adjoint=adjoint)
+        ys = (odeint_adjoint if adjoint else odeint)(net_module(net), y0c, [0.0, 0.5, 1.0], method="dopri5", rtol=1e-10, atol=1e-12)
         (ys ** 2).sum().backward()
         grads[adjoint] = torch.cat([y0c.grad.flatten()] + [p.grad.flatten() for p in net.parameters()])
     assert torch.allclose(grads[True], grads[False], rtol=1e-6, atol=1e-8)
@@ -158,8 +156,7 @@ def test_tuple_state():
     x0 = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
     v0 = torch.tensor([0.0], dtype=torch.float64, requires_grad=True)
     for adjoint in (False, True):
-        xs, vs = odeint(lambda t, s: (s[1], -s[0]), (x0, v0), torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64),
-                        adjoint=adjoint)
+        xs, vs = (odeint_adjoint if adjoint else odeint)(lambda t, s: (s[1], -s[0]), (x0, v0), torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64))
         assert xs.shape == (3, 1) and vs.shape == (3, 1)
         assert torch.allclose(xs[:, 0], torch.cos(torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)), atol=1e-6)
         assert torch.allclose(vs[-1], -torch.tensor([math.sin(2.0)], dtype=torch.float64), atol=1e-6)
@@ -184,7 +181,7 @@ def test_complex_state(method):
 def test_decreasing_times(adjoint):
     y0 = torch.tensor([1.0, 3.0], dtype=torch.float64, requires_grad=True)
     t = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)
-    ys = odeint(Sine(), y0, t, rtol=1e-10, atol=1e-12, adjoint=adjoint)
+    ys = (odeint_adjoint if adjoint else odeint)(Sine(), y0, t, rtol=1e-10, atol=1e-12)
     assert torch.allclose(ys[-1], Sine.exact(y0.detach(), 2.0, 0.0), rtol=1e-7)
     ref = torchdiffeq.odeint(Sine(), y0.detach(), t, rtol=1e-10, atol=1e-12)
     assert torch.allclose(ys.detach(), ref, rtol=1e-7)
@@ -286,8 +283,7 @@ def test_fixed_grid_that_does_not_divide_output_times():
     (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], options={"perturb": True}), "perturb"),
     (lambda: odeint(lambda t, y: y[:1], torch.ones(2), [0.0, 1.0]), "func returned shape"),
     (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], method="magic"), "unknown solver"),
-    (lambda: odeint(lambda t, y: y, torch.ones(2, dtype=torch.complex64), [0.0, 1.0], adjoint=True,
-                    adjoint_params=[nn.Parameter(torch.ones(1))]), "complex states with adjoint"),
+    (lambda: odeint_adjoint(lambda t, y: y, torch.ones(2, dtype=torch.complex64), [0.0, 1.0], adjoint_params=[nn.Parameter(torch.ones(1))]), "complex states with adjoint"),
     (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], options={"max_num_steps": 0}), "max_num_steps"),
 ])
 def test_bad_input_is_one_line_solver_error(call, msg):
@@ -366,7 +362,8 @@ def test_torchdiffeq_backend_is_torchdiffeq_itself(adjoint, seminorm):
         t = torch.tensor([0.0, 0.5, 1.5], dtype=torch.float64)
         kw = dict(rtol=1e-4, atol=1e-6, method="bosh3", options={"first_step": 0.1})
         if ours:
-            ys = odeint(f, y0, t, backend="torchdiffeq", adjoint=adjoint, seminorm=seminorm, **kw)
+            ys = (odeint_adjoint(f, y0, t, backend="torchdiffeq", adjoint_options=dict(norm="seminorm") if seminorm
+                                 else None, **kw) if adjoint else odeint(f, y0, t, backend="torchdiffeq", **kw))
         elif adjoint:
             ys = torchdiffeq.odeint_adjoint(f, y0, t, adjoint_options={"norm": "seminorm"} if seminorm else None,
                                             adjoint_params=tuple(f.parameters()), **kw)
@@ -384,16 +381,15 @@ def test_torchdiffeq_backend_details():
     f = Decay()
     y0 = torch.ones(2, dtype=torch.float64)
     # a list of times becomes a tensor of the state's precision; the fixed-step setting is dropped for adaptive ones
-    ys = odeint(f, y0, [0.0, 1.0], method="dopri5", backend="torchdiffeq", step_size=0.5, rtol=1e-9, atol=1e-11)
+    ys = odeint(f, y0, [0.0, 1.0], method="dopri5", backend="torchdiffeq", rtol=1e-9, atol=1e-11, options=dict(step_size=0.5))
     assert ys.dtype == torch.float64 and ys[-1][0].item() == pytest.approx(math.exp(-0.7), rel=1e-8)
-    ys32 = odeint(Decay(dtype=torch.float32), y0.float(), [0.0, 1.0], method="rk4", backend="torchdiffeq",
-                  step_size=0.5)
+    ys32 = odeint(Decay(dtype=torch.float32), y0.float(), [0.0, 1.0], method="rk4", backend="torchdiffeq", options=dict(step_size=0.5))
     assert ys32.dtype == torch.float32
     f.nfe = 0
-    odeint(f, y0, [0.0, 1.0], method="rk4", backend="torchdiffeq", step_size=0.25)
+    odeint(f, y0, [0.0, 1.0], method="rk4", backend="torchdiffeq", options=dict(step_size=0.25))
     assert f.nfe == 16  # the step size reaches a fixed-step method
     with pytest.raises(SolverError, match="torchdiffeq adjoint needs func to be a torch.nn.Module"):
-        odeint(lambda t, y: -y, y0.requires_grad_(), [0.0, 1.0], backend="torchdiffeq", adjoint=True)
+        odeint_adjoint(lambda t, y: -y, y0.requires_grad_(), [0.0, 1.0], backend="torchdiffeq")
     with pytest.raises(SolverError, match=r"solver dopri5 \(torchdiffeq\): ") as e:
         odeint(lambda t, y: y ** 2, torch.ones(1, dtype=torch.float64), [0.0, 2.0], backend="torchdiffeq")
     assert len(str(e.value).splitlines()) == 1
@@ -415,7 +411,7 @@ def test_tuple_states_are_checked_and_differentiate_parameters():
     with pytest.raises(SolverError, match="floating-point or complex"):
         odeint(pair, (x0.long(), torch.ones(3, dtype=torch.long)), [0.0, 1.0])
 
-    xs, vs = odeint(Pair(f), (x0, v0), [0.0, 0.5, 1.0], adjoint=True, rtol=1e-9, atol=1e-11)
+    xs, vs = odeint_adjoint(Pair(f), (x0, v0), [0.0, 0.5, 1.0], rtol=1e-9, atol=1e-11)
     assert xs.shape == (3, 2) and vs.shape == (3, 3)
     assert torch.allclose(vs[-1], v0 * math.exp(-1.0), rtol=1e-7)
     xs[-1].sum().backward()  # the adjoint reaches the module's parameters by default, as for plain states
@@ -444,7 +440,7 @@ class Ramp(nn.Module):
 def test_time_dependent_dynamics_forwards_and_backwards_in_time(adjoint, t0, t1):
     f = Ramp()
     y0 = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
-    ys = odeint(f, y0, [t0, t1], rtol=1e-10, atol=1e-12, adjoint=adjoint)
+    ys = (odeint_adjoint if adjoint else odeint)(f, y0, [t0, t1], rtol=1e-10, atol=1e-12)
     e = f.exponent(t0, t1)
     assert torch.allclose(ys[-1], y0.detach() * math.exp(e), rtol=1e-8)
     ys[-1].sum().backward()
@@ -457,7 +453,7 @@ def test_autograd_adjoint_of_a_function_that_ignores_the_state():
     """dz/dt = theta (no z in it): autograd gives no gradient for z, which the adjoint must read as zero."""
     theta = nn.Parameter(torch.tensor([0.5, -1.0], dtype=torch.float64))
     z0 = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    zs = odeint(lambda t, z: theta.expand_as(z), z0, [0.0, 2.0], adjoint=True, adjoint_params=[theta])
+    zs = odeint_adjoint(lambda t, z: theta.expand_as(z), z0, [0.0, 2.0], adjoint_params=[theta])
     assert torch.allclose(zs[-1], 2.0 * theta.detach())
     zs[-1].sum().backward()
     assert torch.equal(z0.grad, torch.ones(2, dtype=torch.float64))
@@ -471,8 +467,7 @@ def test_tuple_states_keep_time_dtype_method_and_the_adjoint():
     v0 = torch.ones(3, dtype=torch.float64)
     f.nfe = 0
     # float32 parts for a float64 state: cast back
-    xs, vs = odeint(Pair(f, torch.float32), (x0, v0), [0.0, 1.0], method="rk4", options={"step_size": 0.001},
-                    adjoint=True)
+    xs, vs = odeint_adjoint(Pair(f, torch.float32), (x0, v0), [0.0, 1.0], method="rk4", options={"step_size": 0.001})
     assert f.nfe == 4000 and xs.dtype == torch.float64  # rk4's 1000 steps: the method and its options reach it
     assert torch.allclose(xs[-1], x0.detach() * math.exp(f.exponent(0.0, 1.0)), rtol=1e-6)
     f.nfe = 0
@@ -485,19 +480,18 @@ def test_torchdiffeq_backend_keeps_the_contract_on_times_tuples_and_parameters()
     import warnings
 
     s = Sine()
-    odeint(s, torch.ones(2, dtype=torch.float32), [0.0, 1.0], backend="torchdiffeq", method="rk4", step_size=0.5)
+    odeint(s, torch.ones(2, dtype=torch.float32), [0.0, 1.0], backend="torchdiffeq", method="rk4", options=dict(step_size=0.5))
     assert s.t_types == {("Tensor", 0, torch.float32, "cpu")}  # t in the state's precision
     xs, vs = odeint(lambda t, p: (p[1], -p[0]), (torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)),
                     [0.0, 1.0], backend="torchdiffeq", rtol=1e-9, atol=1e-11)
     assert xs.dtype == torch.float64 and xs[-1].item() == pytest.approx(math.cos(1.0), rel=1e-7)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torchdiffeq warns about options a method does not use
-        odeint(Decay(), torch.ones(2, dtype=torch.float64), [0.0, 1.0], method="dopri5", step_size=0.1,
-               backend="torchdiffeq")
+        odeint(Decay(), torch.ones(2, dtype=torch.float64), [0.0, 1.0], method="dopri5", backend="torchdiffeq", options=dict(step_size=0.1))
     f = Decay()
     f.other.requires_grad_(False)
     y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
-    ys = odeint(f, y0, [0.0, 1.0], backend="torchdiffeq", adjoint=True, adjoint_params=[f.k, f.other])
+    ys = odeint_adjoint(f, y0, [0.0, 1.0], backend="torchdiffeq", adjoint_params=[f.k, f.other])
     ys[-1].sum().backward()  # the frozen parameter is left out, as in odenet's engine
     assert f.k.grad is not None and f.other.grad is None
     f2 = Decay()
@@ -535,23 +529,23 @@ def test_time_gradients_call_func_with_the_states_precision():
 def test_the_given_vjp_is_the_one_the_adjoint_uses():
     from odenet.ode.adjoint import autograd_vjp
 
-    f = Decay()
-    inner = autograd_vjp(f, [f.k, f.other])
     calls = []
 
-    def vjp(t, z, a):
-        calls.append(1)
-        return inner(t, z, a)
+    class WithVjp(Decay):
+        def vjp(self, t, z, a, kinetic=None):
+            calls.append(1)
+            return autograd_vjp(self, [self.k, self.other])(t, z, a)
 
+    f = WithVjp()
     y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
-    ys = odeint(f, y0, [0.0, 1.0], method="rk4", step_size=0.25, adjoint=True, vjp=vjp)
+    ys = odeint_adjoint(f, y0, [0.0, 1.0], method="rk4", options=dict(step_size=0.25))
     ys[-1].sum().backward()
     assert len(calls) == 16 and f.k.grad.item() == pytest.approx(-2 * math.exp(-0.7), rel=1e-4)
 
 
 def test_adjoint_without_parameters():
     y0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
-    ys = odeint(lambda t, y: -y, y0, [0.0, 1.0], adjoint=True, rtol=1e-10, atol=1e-12)
+    ys = odeint_adjoint(lambda t, y: -y, y0, [0.0, 1.0], rtol=1e-10, atol=1e-12)
     ys[-1].sum().backward()
     assert torch.allclose(y0.grad, torch.full((2,), math.exp(-1.0), dtype=torch.float64), rtol=1e-8)
 
@@ -560,12 +554,11 @@ def test_keyword_settings_reach_odeint_adjoint_and_tuples_keep_their_adjoint_par
     f = Decay()
     y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
     f.nfe = 0
-    odeint_adjoint(f, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), method="rk4", step_size=0.25)
+    odeint_adjoint(f, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), method="rk4", options=dict(step_size=0.25))
     assert f.nfe == 16  # the keyword step size, not a single step over t
 
     f.k.grad = f.other.grad = None
-    xs, _ = odeint(Pair(f), (y0, torch.ones(1, dtype=torch.float64)), [0.0, 1.0], adjoint=True,
-                   adjoint_params=[f.other])
+    xs, _ = odeint_adjoint(Pair(f), (y0, torch.ones(1, dtype=torch.float64)), [0.0, 1.0], adjoint_params=[f.other])
     xs[-1].sum().backward()
     assert f.k.grad is None and f.other.grad is not None  # the caller's list, not the module's parameters
 
@@ -617,12 +610,15 @@ def test_a_given_vjp_serves_decreasing_times_too():
     """Backwards in time the engine integrates in s = -t and must turn the given vjp around with it."""
     from odenet.ode.adjoint import autograd_vjp
 
+    class RampWithVjp(Ramp):
+        def vjp(self, t, z, a, kinetic=None):
+            return autograd_vjp(self, [self.k])(t, z, a, kinetic)
+
     grads = []
     for given in (False, True):
-        f = Ramp()
+        f = RampWithVjp() if given else Ramp()
         y0 = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
-        vjp = autograd_vjp(f, [f.k]) if given else None
-        ys = odeint(f, y0, [1.4, 0.2], rtol=1e-10, atol=1e-12, adjoint=True, adjoint_params=[f.k], vjp=vjp)
+        ys = odeint_adjoint(f, y0, [1.4, 0.2], rtol=1e-10, atol=1e-12)
         ys[-1].sum().backward()
         grads.append(torch.cat([y0.grad, f.k.grad.reshape(1)]))
     assert torch.allclose(grads[0], grads[1], rtol=1e-8)

@@ -155,8 +155,8 @@ def test_cli_end_to_end(synth_dir, tmp_path, capsys, monkeypatch):
     (["evaluate", "--model", "missing-run"], "no such run folder"),
     (["train", "--config", "missing.yaml"], "config file not found"),
     (["train", "--kinetic", "-1"], "kinetic must be a finite number >= 0"),
-    (["train", "--kinetic", "0.01", "--no-adjoint"], "kinetic needs the adjoint method of the native backend"),
-    (["train", "--kinetic", "0.01", "--backend", "torchdiffeq"], "kinetic needs the adjoint method"),
+    (["train", "--kinetic", "0.01", "--backend", "torchdiffeq"], "kinetic energy needs the native engine"),
+    (["train", "--kinetic", "0.01", "--solver", "dopri8"], "kinetic energy needs the native engine"),
 ])
 def test_cli_bad_input_one_line_error(argv, msg, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -363,7 +363,7 @@ def test_failure_in_epoch_two_keeps_epoch_one_and_resumes(synth_dir, tmp_path, c
                 with torch.no_grad():
                     next(model.classifier.parameters()).fill_(float("nan"))
             else:
-                model.odeblock.max_steps = 1
+                model.odeblock.solver = model.odeblock.solver.replace(max_steps=1)
         return real_step(model, opt, x, y, *a, **kw)
 
     monkeypatch.setattr(train_module, "train_step", failing_step)

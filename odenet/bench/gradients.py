@@ -64,8 +64,9 @@ def bench_gradients(device: torch.device, t_ends: Sequence[float] = (1, 2, 4, 8)
 
     def ref_grads(t_end):
         m = copy.deepcopy(base).double().to(device)
-        m.odeblock.t_end, m.odeblock.rtol, m.odeblock.atol, m.odeblock.adjoint = t_end, 1e-10, 1e-12, False
-        m.odeblock.method, m.odeblock.max_steps = "dopri5", 100_000
+        m.odeblock.t_end = t_end
+        m.odeblock.solver = m.odeblock.solver.replace(method="dopri5", rtol=1e-10, atol=1e-12, adjoint=False,
+                                                      max_steps=100_000)
         return grads(m, x.double())[0]
 
     rows = []
@@ -78,8 +79,9 @@ def bench_gradients(device: torch.device, t_ends: Sequence[float] = (1, 2, 4, 8)
             if method != "dopri5" and mode == "adjoint + seminorm":
                 continue  # seminorm only changes adaptive step control
             m = copy.deepcopy(base).to(device)
-            m.odeblock.method, m.odeblock.t_end, m.odeblock.step_size = method, t_end, h or 0.1
-            m.odeblock.adjoint, m.odeblock.seminorm = kw["adjoint"], kw.get("seminorm", False)
+            m.odeblock.t_end = t_end
+            m.odeblock.solver = m.odeblock.solver.replace(method=method, step_size=h or 0.1, adjoint=kw["adjoint"],
+                                                          seminorm=kw.get("seminorm", False))
             ts = []
             for _ in range(reps):
                 sync(device)

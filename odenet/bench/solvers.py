@@ -10,9 +10,11 @@ import torch
 
 from ..config import Config
 from ..errors import OdenetError
+from ..ode import FIXED_METHODS, NATIVE_METHODS
 from .common import device, write_study
 
-MAIN_SOLVERS = ["dopri5", "bosh3", "adaptive_heun", "rk4", "midpoint", "euler"]
+MAIN_SOLVERS = list(NATIVE_METHODS)
+
 
 def _train_tmp(cfg: Config, tmp: str):
     from ..checkpoint import load_model
@@ -27,7 +29,6 @@ def _train_tmp(cfg: Config, tmp: str):
 @torch.no_grad()
 def _stability(model, test, cfg: Config, n: int = 1000) -> Dict[str, float]:
     from ..evaluate import run_eval
-    from ..ode import is_adaptive
 
     model.eval()
     block = model.odeblock
@@ -39,7 +40,7 @@ def _stability(model, test, cfg: Config, n: int = 1000) -> Dict[str, float]:
     acc_own = run_eval(model, test, 1000)["acc"]
     with block.settings(**reference):
         acc_ref = run_eval(model, test, 1000)["acc"]
-    finer = (dict(rtol=cfg.rtol / 100, atol=cfg.atol / 100) if is_adaptive(cfg.solver)
+    finer = (dict(rtol=cfg.rtol / 100, atol=cfg.atol / 100) if block.solver.adaptive
              else dict(step_size=cfg.step_size / 4))
     with block.settings(**finer):
         acc_fine = run_eval(model, test, 1000)["acc"]
@@ -48,10 +49,9 @@ def _stability(model, test, cfg: Config, n: int = 1000) -> Dict[str, float]:
 
 
 def bench_solvers(base: Config, solvers: Sequence[str], rtols: Sequence[float], steps: Sequence[float],
-                  fixed_for_sweep: Sequence[str] = ("euler", "midpoint", "rk4")) -> Dict:
+                  fixed_for_sweep: Sequence[str] = FIXED_METHODS) -> Dict:
     """Train the same model from the same seed per setting; measure accuracy, time, NFE and stability."""
     from ..data import load
-    from ..ode import is_adaptive
 
     dev = device(base.device)
     test = load(base.dataset, base.resolved_data_dir(), False, dev, base.test_subset, base.verify_data)
@@ -66,7 +66,7 @@ def bench_solvers(base: Config, solvers: Sequence[str], rtols: Sequence[float], 
                 setattr(cfg, k, v)
             cfg.name, cfg.report = f"s{i}", False
             cfg.validate()
-            setting = (f"rtol={cfg.rtol:g}" if is_adaptive(cfg.solver) else f"step={cfg.step_size:g}")
+            setting = f"rtol={cfg.rtol:g}" if cfg.ode_solver().adaptive else f"step={cfg.step_size:g}"
             try:
                 summary, model = _train_tmp(cfg, tmp)
             except OdenetError as e:
@@ -122,7 +122,7 @@ def add_args(s) -> None:
     s.add_argument("--rtols", nargs="*", type=float, default=[1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
                    help="dopri5 sweep (default: 1e-1 ... 1e-5)")
     s.add_argument("--steps", nargs="*", type=float, default=[0.5, 0.25, 0.1, 0.05],
-                   help="fixed-step sweep for euler, midpoint, rk4 (default: 0.5 0.25 0.1 0.05)")
+                   help=f"fixed-step sweep for {', '.join(FIXED_METHODS)} (default: 0.5 0.25 0.1 0.05)")
     s.add_argument("--backend", default="native", help="solver engine (default: native)")
 
 

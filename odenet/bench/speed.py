@@ -100,7 +100,8 @@ def bench_speed(data_dir: str, device: torch.device, batches: int = 60, warmup: 
         PLAIN[0]: lambda tmp: _baseline_stepper(device, data_dir, seed, tmp),
         PLAIN[1]: lambda tmp: _tensor_baseline_stepper(device, data_dir, seed, tmp),
         "odenet loop, backend torchdiffeq": lambda tmp: _odenet_stepper(device, data_dir, seed, backend="torchdiffeq"),
-        "odenet native, autograd vjp": lambda tmp: _odenet_stepper(device, data_dir, seed, backend="native"),
+        "odenet native, autograd vjp": lambda tmp: _odenet_stepper(device, data_dir, seed, backend="native",
+                                                                  fused_vjp=False),
         "odenet native (default)": lambda tmp: _odenet_stepper(device, data_dir, seed, backend="native"),
         "odenet native + seminorm": lambda tmp: _odenet_stepper(device, data_dir, seed, backend="native",
                                                                seminorm=True),
@@ -111,7 +112,6 @@ def bench_speed(data_dir: str, device: torch.device, batches: int = 60, warmup: 
         steppers = {}
         for k, make in variants.items():
             steppers[k] = make(tmp)
-        steppers["odenet native, autograd vjp"][1].odeblock.fused_vjp = False
         per_round = max(1, math.ceil(batches / rounds))
         for r in range(rounds):
             for k, (step, _) in steppers.items():
@@ -150,11 +150,10 @@ def bench_speed(data_dir: str, device: torch.device, batches: int = 60, warmup: 
     inf_rows = []
     model = steppers["odenet native (default)"][1]
     for backend in ("torchdiffeq", "native"):
-        model.odeblock.backend = backend
-        run_eval(model, test, 1000)  # warm-up
-        ev = run_eval(model, test, 1000)
+        with model.odeblock.settings(backend=backend):
+            run_eval(model, test, 1000)  # warm-up
+            ev = run_eval(model, test, 1000)
         inf_rows.append({"backend": backend, "images/s": ev["images_per_s"], "NFE per batch": ev["nfe"]})
-    model.odeblock.backend = "native"
     return {"rows": rows, "inference": inf_rows, "timed_batches": len(times[next(iter(variants))]),
             "baseline": base["variant"],
             "epoch": "measured" if full_epoch else "median ms/batch x 938 batches"}

@@ -21,16 +21,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ..errors import SolverError
+from .settings import StepController
 from .tableaus import Tableau
 
-Norm = Callable[[torch.Tensor], torch.Tensor]
-
-SAFETY, IFACTOR, DFACTOR = 0.9, 10.0, 0.2
-
-
-def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    """Root-mean-square of the moduli over all elements (torchdiffeq's default norm)."""
-    return (x.abs() if x.is_complex() else x).pow(2).mean().sqrt()
 
 
 class _Coeffs:
@@ -115,44 +108,6 @@ def rk_step(func: Callable, tab: Tableau, co: _Coeffs, t: float, y: torch.Tensor
     return ks.combine(y, h, co.b), ks
 
 
-@torch.no_grad()
-def initial_step(func: Callable, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol: float,
-                 atol: float, norm: Norm, clock: Callable[[float], torch.Tensor]) -> float:
-    """Hairer, Norsett & Wanner's starting step (II.4) for a method of ``order`` (1 NFE).
-
-    ``solve`` passes the method's order; torchdiffeq passes the order minus one, a smaller first step that cost the
-    seed's model about one more evaluation per solve (5% of a training step), so the two engines' first steps
-    differ unless ``first_step`` is given.
-    """
-    scale = atol + y0.abs() * rtol
-    d0, d1 = float(norm(y0 / scale)), float(norm(f0 / scale))
-    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-    f1 = func(clock(t0 + h0), y0 + h0 * f0)
-    d2 = float(norm((f1 - f0) / scale)) / h0
-    if d1 <= 1e-15 and d2 <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
-    else:
-        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
-    return min(100 * h0, h1)
-
-
-def _next_step(h: float, ratio: float, order: int) -> float:
-    if ratio == 0.0:
-        return h * IFACTOR
-    if not math.isfinite(ratio):
-        return h * DFACTOR
-    dfactor = 1.0 if ratio < 1.0 else DFACTOR
-    return h * min(IFACTOR, max(SAFETY / ratio ** (1.0 / order), dfactor))
-
-
-def fixed_grid(t0: float, t1: float, step: float, dtype: torch.dtype = torch.float64) -> List[float]:
-    """torchdiffeq's grid: ``t0 + i * step`` in ``dtype`` for ``i < ceil((t1 - t0) / step + 1)``, last set to ``t1``."""
-    n = int(math.ceil((t1 - t0) / step + 1))
-    grid = (torch.arange(0, n, dtype=dtype) * step + t0).tolist()
-    grid[-1] = t1
-    return grid
-
-
 def _advances(t: float, h: float, dtype: torch.dtype) -> bool:
     """``t + h > t`` in the arithmetic of the time dtype (torchdiffeq's underflow test)."""
     if dtype == torch.float64:
@@ -180,25 +135,52 @@ def interp_eval(coeffs: List[torch.Tensor], x: float) -> torch.Tensor:
     return total
 
 
-def solve(func: Callable, y0: torch.Tensor, ts: Sequence[float], tab: Tableau, *, rtol: float = 1e-3,
-          atol: float = 1e-4, step_size: Optional[float] = None, first_step: Optional[float] = None,
-          max_steps: Optional[int] = None, norm: Norm = rms_norm, lead: Optional[int] = None,
-          t_dtype: torch.dtype = torch.float64) -> List[torch.Tensor]:
+
+
+class _Energy:
+    """The running integral of ``|f|^2`` per sample (over the state's first axis), by each step's own weights ``b``.
+
+    An RK step's quadrature of ``|f|^2`` over its stages is what integrating the extra state ``de/dt = |f|^2``
+    would give with the same steps, without that state entering the error control.
+    """
+
+    def __init__(self, y0: torch.Tensor, on: bool):
+        self.on, self.shape = on, y0.shape[:1]
+        self.batch = y0.shape[0] if y0.dim() else 1
+        self.total: Optional[torch.Tensor] = None
+
+    def add(self, ks: "_Stages", co: _Coeffs, h: float) -> None:
+        if not self.on:
+            return
+        n = co.b.shape[1]
+        k = ks.matrix(n).view(n, self.batch, -1)
+        sq = (k.abs() if k.is_complex() else k).pow(2).sum(-1)
+        inc = torch.mm(co.b.real if co.b.is_complex() else co.b, sq).view(self.shape) * h
+        self.total = inc if self.total is None else self.total + inc
+
+    def value(self, like: torch.Tensor) -> Optional[torch.Tensor]:
+        if not self.on:
+            return None
+        real = like.real.dtype if like.is_complex() else like.dtype
+        return self.total if self.total is not None else like.new_zeros(self.shape, dtype=real)
+
+
+def solve(func: Callable, y0: torch.Tensor, ts: Sequence[float], tab: Tableau, controller: StepController, *,
+          lead: Optional[int] = None, t_dtype: torch.dtype = torch.float64,
+          energy: bool = False) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
     """Integrate ``dy/dt = func(t, y)`` from ``ts[0]`` through strictly increasing times ``ts``.
 
     ``func`` receives ``t`` as a 0-d tensor of the state's real dtype on its device. Returns the states at every
-    time in ``ts`` (the first is ``y0``). Adaptive tableaus (``rtol``/``atol``, controller identical to
-    torchdiffeq's) step freely through the output times and produce them by dense output, the 4th-order
-    interpolant of the step that covers each (torchdiffeq's), so asking for many times costs no extra steps.
-    Unlike torchdiffeq, the step that would pass ``ts[-1]`` is shortened to end on it (as diffrax does) rather
-    than overshooting and interpolating back: often fewer rejected steps, and no interpolation of the adjoint's
-    large augmented state. Fixed-step tableaus step on
-    torchdiffeq's grid of ``step_size`` over ``[ts[0], ts[-1]]`` (on ``ts`` itself without one) and interpolate
-    linearly between grid points.
-    ``max_steps`` (None: unlimited) bounds the adaptive steps. Runs under the caller's grad mode: with grad
-    enabled it is backprop through the solver. ``lead`` (flat states only): ``func`` is given only the first
-    ``lead`` entries and returns the derivative of the whole state; the rest is a quadrature whose derivative
-    does not depend on it (the adjoint's).
+    time in ``ts`` (the first is ``y0``) and, with ``energy``, ``integral |f|^2 dt`` per sample (shape
+    ``y0.shape[:1]``; else None). Adaptive tableaus step under ``controller`` (torchdiffeq's rules) freely through
+    the output times and produce them by dense output, the 4th-order interpolant of the step that covers each
+    (torchdiffeq's), so asking for many times costs no extra steps. Unlike torchdiffeq, the step that would pass
+    ``ts[-1]`` is shortened to end on it (as diffrax does) rather than overshooting and interpolating back: often
+    fewer rejected steps, and no interpolation of the adjoint's large augmented state. Fixed-step tableaus step
+    on ``controller.grid(ts)`` and interpolate linearly between grid points.
+    Runs under the caller's grad mode: with grad enabled it is backprop through the solver. ``lead`` (flat states
+    only): ``func`` is given only the first ``lead`` entries and returns the derivative of the whole state; the
+    rest is a quadrature whose derivative does not depend on it (the adjoint's).
     """
     co = _coeffs(tab, y0)
     real = y0.real.dtype if y0.is_complex() else y0.dtype
@@ -208,29 +190,37 @@ def solve(func: Callable, y0: torch.Tensor, ts: Sequence[float], tab: Tableau, *
         return torch.full((), t, dtype=real, device=dev)
 
     f = func if lead is None else (lambda t_, y_: func(t_, y_[:lead]))
-    out = [y0]
-    y = y0
-    if not tab.adaptive:
-        if step_size is None:
-            grid = list(ts)  # torchdiffeq's rule: without a step size, step on the output times
-        elif not 0 < step_size < math.inf:
-            raise SolverError(f"solver {tab.name!r} needs a positive finite step_size, got {step_size!r}")
-        else:
-            grid = fixed_grid(ts[0], ts[-1], step_size, t_dtype)
-        j = 1
-        for t0, t1 in zip(grid[:-1], grid[1:]):
-            if not t1 > t0:
-                continue  # a zero-length last step left by rounding in the grid
-            y1, _ = rk_step(func, tab, co, t0, y, t1 - t0, f(clock(t0), y), lead, clock)
-            while j < len(ts) and t1 >= ts[j]:
-                out.append(y1 if ts[j] == t1 else y + ((ts[j] - t0) / (t1 - t0)) * (y1 - y))
-                j += 1
-            y = y1
-        return out
+    e = _Energy(y0, energy)
+    loop = _adaptive if tab.adaptive else _fixed
+    out = loop(func, f, y0, [float(x) for x in ts], tab, co, controller, lead, clock, t_dtype, e)
+    return out, e.value(y0)
 
-    t, t_end = float(ts[0]), float(ts[-1])
+
+def _fixed(func, f, y0, ts, tab, co, controller, lead, clock, t_dtype, e) -> List[torch.Tensor]:
+    """The fixed-grid loop: one step per grid interval, outputs between grid points by linear interpolation."""
+    out, y, j = [y0], y0, 1
+    grid = controller.grid(ts, t_dtype)
+    if controller.max_steps is not None and len(grid) - 1 > controller.max_steps:
+        raise SolverError(f"solver {tab.name}: a grid of {len(grid) - 1} steps exceeds max_steps "
+                          f"({controller.max_steps}); use a larger step size")
+    for t0, t1 in zip(grid[:-1], grid[1:]):
+        if not t1 > t0:
+            continue  # a zero-length last step left by rounding in the grid
+        y1, ks = rk_step(func, tab, co, t0, y, t1 - t0, f(clock(t0), y), lead, clock)
+        e.add(ks, co, t1 - t0)
+        while j < len(ts) and t1 >= ts[j]:
+            out.append(y1 if ts[j] == t1 else y + ((ts[j] - t0) / (t1 - t0)) * (y1 - y))
+            j += 1
+        y = y1
+    return out
+
+
+def _adaptive(func, f, y0, ts, tab, co, controller, lead, clock, t_dtype, e) -> List[torch.Tensor]:
+    """The error-controlled loop: propose, estimate the error, accept (dense output) or reject, resize."""
+    out, y = [y0], y0
+    t, t_end = ts[0], ts[-1]
     k0 = f(clock(t), y)
-    h = first_step if first_step else initial_step(f, t, y, k0, tab.order, rtol, atol, norm, clock)
+    h = controller.initial_step(f, t, y, k0, tab.order, clock)
     steps, j = 0, 1
     while j < len(ts):
         last = t + h >= t_end  # the step that would pass the end is shortened to land on it
@@ -238,30 +228,36 @@ def solve(func: Callable, y0: torch.Tensor, ts: Sequence[float], tab: Tableau, *
         if last and not _advances(t, h_eff, t_dtype):
             out.extend([y] * (len(ts) - j))  # closer to the end than the time dtype resolves: y is y(t_end)
             break
-        if max_steps is not None and steps >= max_steps:
-            raise SolverError(f"solver {tab.name}: max_steps ({max_steps}) exceeded at t={t:.6g}")
+        if controller.max_steps is not None and steps >= controller.max_steps:
+            raise SolverError(f"solver {tab.name}: max_steps ({controller.max_steps}) exceeded at t={t:.6g}")
         if not (h_eff > 0 and _advances(t, h_eff, t_dtype)):
             raise SolverError(f"solver {tab.name}: step size underflow (dt={h_eff:.3g}) at t={t:.6g}; "
                               "the dynamics are stiff or blowing up")
         y1, ks = rk_step(func, tab, co, t, y, h_eff, k0, lead, clock)
         with torch.no_grad():
             err = torch.mm(co.e, ks.matrix(tab.stages).detach()).view_as(y) * h_eff
-            tol = atol + rtol * torch.maximum(y.abs(), y1.abs())
-            ratio = float(norm(err / tol))
+        ratio = controller.error_ratio(err, y, y1)
         steps += 1
         if ratio <= 1.0:
             t1 = t_end if last else t + h_eff
             k1 = ks.last() if tab.fsal else f(clock(t1), y1)
-            coeffs = None
-            while j < len(ts) and ts[j] <= t1:
-                if ts[j] == t1:
-                    out.append(y1)
-                else:  # dense output inside the step: no step is forced onto an output time
-                    if coeffs is None:
-                        y_mid = ks.combine(y, h_eff, co.mid)
-                        coeffs = interp_fit(y, y1, y_mid, k0.view_as(y), k1.view_as(y), h_eff)
-                    out.append(interp_eval(coeffs, (ts[j] - t) / h_eff))
-                j += 1
+            e.add(ks, co, h_eff)
+            j = _dense_outputs(out, ts, j, t, t1, y, y1, k0, k1, ks, co, h_eff)
             t, y, k0 = t1, y1, k1
-        h = _next_step(h_eff, ratio, tab.order)
+        h = controller.next_step(h_eff, ratio, tab.order)
     return out
+
+
+def _dense_outputs(out, ts, j, t, t1, y, y1, k0, k1, ks, co, h) -> int:
+    """Append the outputs ``ts[j] <= t1`` of an accepted step from ``(t, y)`` to ``(t1, y1)``; the next ``j``."""
+    coeffs = None
+    while j < len(ts) and ts[j] <= t1:
+        if ts[j] == t1:
+            out.append(y1)
+        else:  # dense output inside the step: no step is forced onto an output time
+            if coeffs is None:
+                y_mid = ks.combine(y, h, co.mid)
+                coeffs = interp_fit(y, y1, y_mid, k0.view_as(y), k1.view_as(y), h)
+            out.append(interp_eval(coeffs, (ts[j] - t) / h))
+        j += 1
+    return j

@@ -1,0 +1,259 @@
+"""How to solve, as typed immutable values: the step controller, the adjoint, and a ``Solver`` holding both.
+
+``Config.solver()`` builds a ``Solver`` once; ``ODEBlock`` holds it; the engine (``odenet.ode.engine``) takes
+it. ``odeint``/``odeint_adjoint`` build the same objects from torchdiffeq's arguments. Every value is checked
+where it is made, with a one-line ``SolverError``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+
+from ..errors import SolverError
+from .tableaus import TABLEAUS, Tableau
+
+Norm = Callable[[torch.Tensor], torch.Tensor]
+
+SAFETY, IFACTOR, DFACTOR = 0.9, 10.0, 0.2  # torchdiffeq's controller constants
+BACKENDS = ("native", "torchdiffeq")
+# adaptive methods first, higher orders first: dopri5, bosh3, adaptive_heun, rk4, heun3, midpoint, euler
+NATIVE_METHODS = tuple(sorted(TABLEAUS, key=lambda m: (not TABLEAUS[m].adaptive, -TABLEAUS[m].order, m)))
+FIXED_METHODS = tuple(m for m in NATIVE_METHODS if not TABLEAUS[m].adaptive)
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square of the moduli over all elements (torchdiffeq's default norm)."""
+    return (x.abs() if x.is_complex() else x).pow(2).mean().sqrt()
+
+
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _positive(name: str, v) -> None:
+    if v is not None and not (_finite_number(v) and v > 0):
+        raise SolverError(f"{name} must be a positive finite number, got {v!r}")
+
+
+@dataclass(frozen=True)
+class StepController:
+    """How steps are chosen: the error control of adaptive methods and the grid of fixed-step ones.
+
+    Adaptive methods accept a step when ``norm(err / (atol + rtol * max(|y0|, |y1|))) <= 1``, start from
+    ``first_step`` (None: Hairer's estimate) and stop with an error after ``max_steps`` (None: unlimited).
+    Fixed-step methods step ``step_size`` (None: on the output times themselves) and ignore the rest.
+    ``norm`` (None: RMS) measures the scaled error; the adjoint replaces it for its augmented state.
+    Defaults are torchdiffeq's.
+    """
+
+    rtol: float = 1e-7
+    atol: float = 1e-9
+    step_size: Optional[float] = None
+    first_step: Optional[float] = None
+    max_steps: Optional[int] = None
+    norm: Optional[Norm] = None
+
+    def __post_init__(self) -> None:
+        for name in ("rtol", "atol"):
+            v = getattr(self, name)
+            if isinstance(v, torch.Tensor):
+                if v.requires_grad:
+                    raise SolverError(f"{name} cannot require gradient")
+                if v.numel() != 1:
+                    raise SolverError(f"{name} must be a scalar for the native engine (per-component tolerances: "
+                                      "backend='torchdiffeq')")
+                object.__setattr__(self, name, float(v))
+                v = getattr(self, name)
+            if not _finite_number(v) or v < 0:
+                raise SolverError(f"{name} must be a finite number >= 0, got {v!r}")
+        _positive("step_size", self.step_size)
+        _positive("first_step", self.first_step)
+        n = self.max_steps
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise SolverError(f"max_steps must be a positive integer, got {n!r}")
+
+    def measure(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm of ``x`` (RMS unless a ``norm`` was given)."""
+        return (self.norm or rms_norm)(x)
+
+    @torch.no_grad()
+    def initial_step(self, func: Callable, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int,
+                     clock: Callable[[float], torch.Tensor]) -> float:
+        """``first_step``, else Hairer, Norsett & Wanner's starting step (II.4) for a method of ``order`` (1 NFE).
+
+        torchdiffeq passes the order minus one (a smaller first step, about one more evaluation per solve of the
+        seed's model), so the two engines' first steps differ unless ``first_step`` is given.
+        """
+        if self.first_step:
+            return self.first_step
+        scale = self.atol + y0.abs() * self.rtol
+        d0, d1 = float(self.measure(y0 / scale)), float(self.measure(f0 / scale))
+        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+        f1 = func(clock(t0 + h0), y0 + h0 * f0)
+        d2 = float(self.measure((f1 - f0) / scale)) / h0
+        if d1 <= 1e-15 and d2 <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+        return min(100 * h0, h1)
+
+    @torch.no_grad()
+    def error_ratio(self, err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor) -> float:
+        """The scaled error of a step from ``y0`` to ``y1``: accept when ``<= 1`` (the one host read per step)."""
+        tol = self.atol + self.rtol * torch.maximum(y0.abs(), y1.abs())
+        return float(self.measure(err / tol))
+
+    @staticmethod
+    def next_step(h: float, ratio: float, order: int) -> float:
+        """The step after one of size ``h`` with error ratio ``ratio`` (torchdiffeq's controller)."""
+        if ratio == 0.0:
+            return h * IFACTOR
+        if not math.isfinite(ratio):
+            return h * DFACTOR
+        dfactor = 1.0 if ratio < 1.0 else DFACTOR
+        return h * min(IFACTOR, max(SAFETY / ratio ** (1.0 / order), dfactor))
+
+    def grid(self, ts: Sequence[float], t_dtype: torch.dtype = torch.float64) -> list:
+        """A fixed-step method's grid over ``ts``: torchdiffeq's ``t0 + i * step_size`` in ``t_dtype`` for
+        ``i < ceil((t1 - t0) / step_size + 1)``, the last point set to ``t1``; ``ts`` itself without a step."""
+        if self.step_size is None:
+            return list(ts)
+        t0, t1 = ts[0], ts[-1]
+        n = int(math.ceil((t1 - t0) / self.step_size + 1))
+        grid = (torch.arange(0, n, dtype=t_dtype) * self.step_size + t0).tolist()
+        grid[-1] = t1
+        return grid
+
+
+@dataclass(frozen=True)
+class AdjointSpec:
+    """How gradients are computed.
+
+    ``enabled``: the continuous adjoint (memory flat in the number of steps) instead of backpropagation through
+    the solver. ``seminorm``: the backward error norm leaves the parameter adjoint out (Kidger et al. 2021).
+    ``fused_vjp``: use ``func.vjp(t, z, a, kinetic=None) -> (f, a df/dz, flat a df/dtheta)`` when ``func``
+    defines one (and ``params`` are its parameters), else autograd. ``params``: the tensors to differentiate
+    (None: ``func.parameters()``).
+    """
+
+    enabled: bool = True
+    seminorm: bool = False
+    fused_vjp: bool = True
+    params: Optional[Tuple[torch.Tensor, ...]] = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("enabled", "seminorm", "fused_vjp"):
+            if not isinstance(getattr(self, name), bool):
+                raise SolverError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.params is not None:
+            object.__setattr__(self, "params", tuple(self.params))
+
+
+def torchdiffeq_methods() -> tuple:
+    """Every method name torchdiffeq accepts."""
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    return tuple(SOLVERS)
+
+
+def is_adaptive(method: str) -> bool:
+    """True for step-size-controlled methods (they use rtol/atol; fixed-step ones use step_size)."""
+    if method in TABLEAUS:
+        return TABLEAUS[method].adaptive
+    from torchdiffeq._impl.odeint import SOLVERS
+    from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+
+    cls = SOLVERS.get(method)
+    return cls is not None and issubclass(cls, RKAdaptiveStepsizeODESolver)
+
+
+def resolve_backend(method: str, backend: str) -> str:
+    """The backend that will actually run ``method`` (native falls back to torchdiffeq)."""
+    if backend not in BACKENDS:
+        raise SolverError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    known = set(NATIVE_METHODS) | set(torchdiffeq_methods())
+    if method not in known:
+        raise SolverError(f"unknown solver {method!r}; choose one of {', '.join(sorted(known))}")
+    if backend == "native" and method not in TABLEAUS:
+        return "torchdiffeq"
+    if backend == "torchdiffeq" and method not in torchdiffeq_methods():
+        raise SolverError(f"solver {method!r} exists only in the native backend")
+    return backend
+
+
+# flat setting name -> (part of Solver, field): the one map between the command line's names and the types
+_FLAT = {"method": ("", "method"), "backend": ("", "backend"),
+         "rtol": ("controller", "rtol"), "atol": ("controller", "atol"), "step_size": ("controller", "step_size"),
+         "first_step": ("controller", "first_step"), "max_steps": ("controller", "max_steps"),
+         "adjoint": ("adjoint", "enabled"), "seminorm": ("adjoint", "seminorm"),
+         "fused_vjp": ("adjoint", "fused_vjp")}
+
+
+@dataclass(frozen=True)
+class Solver:
+    """A method, its step controller, its adjoint and the backend that runs it.
+
+    ``method``: a native tableau name (``NATIVE_METHODS``) or any torchdiffeq method; ``backend="native"``
+    runs native methods in odenet's engine and hands the others to torchdiffeq.
+    """
+
+    method: str = "dopri5"
+    controller: StepController = StepController()
+    adjoint: AdjointSpec = AdjointSpec()
+    backend: str = "native"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, str):
+            raise SolverError(f"method must be a solver name, got {self.method!r}")
+        resolve_backend(self.method, self.backend)
+
+    @property
+    def engine(self) -> str:
+        """The backend that runs this method: ``native`` or ``torchdiffeq``."""
+        return resolve_backend(self.method, self.backend)
+
+    @property
+    def tableau(self) -> Tableau:
+        """The native method's Butcher tableau."""
+        return TABLEAUS[self.method]
+
+    @property
+    def adaptive(self) -> bool:
+        return is_adaptive(self.method)
+
+    @classmethod
+    def of(cls, **flat) -> "Solver":
+        """A solver from flat settings (``method, backend, rtol, atol, step_size, first_step, max_steps, adjoint,
+        seminorm, fused_vjp``), the rest at their defaults."""
+        return cls().replace(**flat)
+
+    def replace(self, **flat) -> "Solver":
+        """A copy with flat settings changed: ``solver.replace(rtol=1e-5, adjoint=False)``."""
+        unknown = sorted(set(flat) - set(_FLAT))
+        if unknown:
+            raise SolverError(f"unknown solver setting(s) {', '.join(unknown)}; known: {', '.join(_FLAT)}")
+        parts: dict = {"": {}, "controller": {}, "adjoint": {}}
+        for k, v in flat.items():
+            part, name = _FLAT[k]
+            parts[part][name] = v
+        return dataclasses.replace(
+            self, controller=dataclasses.replace(self.controller, **parts["controller"]),
+            adjoint=dataclasses.replace(self.adjoint, **parts["adjoint"]), **parts[""])
+
+    def check_energy(self) -> None:
+        """Raise ``SolverError`` unless this solver can return the kinetic energy (the native engine can)."""
+        if self.engine != "native":
+            raise SolverError(f"the kinetic energy needs the native engine; {self.method!r} runs on torchdiffeq "
+                              "(drop --backend torchdiffeq or pick a native solver, or set kinetic 0)")
+
+    def flat(self) -> dict:
+        """The flat settings of this solver (the inverse of ``Solver.of``)."""
+        return {k: getattr(getattr(self, part) if part else self, name) for k, (part, name) in _FLAT.items()}
+
+
+__all__ = ["StepController", "AdjointSpec", "Solver", "BACKENDS", "NATIVE_METHODS", "FIXED_METHODS", "is_adaptive",
+           "resolve_backend", "torchdiffeq_methods", "rms_norm"]
