@@ -106,7 +106,8 @@ def _train_config(args) -> Config:
 
 def cmd_train(args) -> int:
     from . import distributed
-    from .train import check_new_run, resolve_device, train
+    from .distributed import resolve_device
+    from .train import check_new_run, train
 
     try:
         cfg, run = _train_run(args)
@@ -176,7 +177,7 @@ def cmd_evaluate(args) -> int:
     from .shipped import chosen_by, model_path
     from .data import class_names, load
     from .evaluate import run_eval
-    from .train import resolve_device
+    from .distributed import resolve_device
 
     device = resolve_device(args.device)
     ck_path = resolve_path(model_path(args.model))
@@ -205,7 +206,7 @@ def cmd_predict(args) -> int:
     from .ood import from_checkpoint
     from .preprocess import prepare_image
     from .shipped import model_path
-    from .train import resolve_device
+    from .distributed import resolve_device
 
     if args.top < 1 or args.top > 10:
         raise OdenetError("--top must be between 1 and 10")

@@ -89,7 +89,7 @@ class Predictor:
         return {n: float(p) for n, p in zip(self.names, flow.final)}
 
     # The two figures are built once; per prediction only their moving lines are drawn over a cached rendering
-    # of the rest (blitting). A new matplotlib figure per prediction cost ~170 ms each on 2 cores.
+    # of the rest (blitting): a new matplotlib figure per prediction is slow (docs/performance.md).
     def flow_figure(self, flow: Flow) -> np.ndarray:
         """Each class's probability along t (the classifier applied to z(t)), as an RGB image."""
         if self._flow_fig is None:
@@ -189,7 +189,7 @@ def load_predictor(model_ref: str, device: str = "cpu") -> Predictor:
     from .checkpoint import load, load_model, resolve_path
     from .data import load as load_split
     from .flow import cached_flow_map
-    from .train import resolve_device
+    from .distributed import resolve_device
 
     dev = resolve_device(device)
     path = resolve_path(model_ref)

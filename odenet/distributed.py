@@ -22,6 +22,16 @@ import torch
 from .errors import OdenetError
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (cuda when available, else cpu), ``cpu``, ``cuda``, ``cuda:N``; CUDA asked for but absent is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OdenetError(f"device {name} requested but CUDA is not available")
+    return dev
+
+
 @dataclass(frozen=True)
 class Context:
     """Where this process stands: ``rank`` of ``world`` processes, ``local_rank`` on its machine."""

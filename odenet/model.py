@@ -130,7 +130,7 @@ class NeuralODEModel(nn.Module):
         solver = solver if solver is not None else Config().ode_solver()
         self.odeblock = ODEBlock(self.odefunc, t_end, solver.replace(**settings) if settings else solver)
         self.classifier = nn.Sequential(nn.Linear(dim, 64), nn.ReLU(), nn.Linear(64, num_classes))
-        # NHWC convolutions are ~3x faster than NCHW on CPU (oneDNN) for this encoder; see docs/performance.md
+        # NHWC convolutions are faster than NCHW on CPU (oneDNN) for this encoder: docs/performance.md
         self.encoder.to(memory_format=torch.channels_last)
 
     @classmethod

@@ -157,7 +157,7 @@ def make_figures(run: Path, history: List[Dict], data: ReportData, names: List[s
 
 def write_report(run: Path, data_dir: Optional[str] = None, device: str = "auto", tsne_points: int = 2000) -> Path:
     """Render the six figures and ``report.html`` for a run folder; returns the HTML path."""
-    from .train import resolve_device
+    from .distributed import resolve_device
 
     start = time.perf_counter()
     run = Path(run)

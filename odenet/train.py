@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
@@ -30,22 +31,13 @@ from .model import NeuralODEModel
 EpochHook = Callable[[Path, List[Dict]], None]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OdenetError(f"device {name} requested but CUDA is not available")
-    return dev
-
-
 def build_model(cfg: Config) -> NeuralODEModel:
     return NeuralODEModel.from_config(cfg)
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, optimizer: str = "adam",
                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam or AdamW, in the fused single-kernel form where this torch and device support it (3x faster on CPU)."""
+    """Adam or AdamW, in the fused single-kernel form where this torch and device support it (docs/performance.md)."""
     cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
     kw = dict(lr=lr, weight_decay=weight_decay)
     try:
@@ -136,6 +128,63 @@ def _solver_failure(e: BaseException) -> bool:
                                           ("underflow" in str(e) or "max_num_steps" in str(e)))
 
 
+@dataclass
+class _Totals:
+    """Sums over an epoch's steps (all ranks), from which its record is made."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    n: float = 0.0
+    nfe_f: float = 0.0
+    nfe_b: float = 0.0
+    batches: int = 0
+
+    def add(self, st: StepStats) -> None:
+        self.batches += 1
+        self.loss += st.loss * st.n
+        self.correct += st.correct
+        self.n += st.n
+        self.nfe_f += st.nfe_f
+        self.nfe_b += st.nfe_b
+
+
+class _State:
+    """What a checkpoint holds and resume restores: model, optimizer, EMA, shuffling, RNG and history."""
+
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg = cfg
+        self.model = build_model(cfg).to(device)
+        self.opt = make_optimizer(self.model, cfg.lr, cfg.optimizer, cfg.weight_decay)
+        self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.history: List[Dict] = []
+        self.epoch, self.best_val = 0, -1.0
+
+    @property
+    def eval_model(self) -> NeuralODEModel:
+        return self.ema.model if self.ema is not None else self.model
+
+    def state_dict(self) -> Dict:
+        state = {"config": self.cfg.to_dict(), "model": self.eval_model.state_dict(),
+                 "optimizer": self.opt.state_dict(), "epoch": self.epoch, "history": self.history,
+                 "best_val_acc": self.best_val,
+                 "rng": {"shuffle": self.shuffle.get_state(), "torch": torch.get_rng_state()}}
+        if self.ema is not None:
+            state.update(train_model=self.model.state_dict(), ema_updates=self.ema.updates)
+        return state
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.model.load_state_dict(state.get("train_model", state["model"]))
+        if self.ema is not None:
+            self.ema.model.load_state_dict(state["model"])
+            self.ema.updates = state.get("ema_updates", 0)
+        self.opt.load_state_dict(state["optimizer"])
+        self.shuffle.set_state(state["rng"]["shuffle"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.history, self.epoch = list(state["history"]), state["epoch"]
+        self.best_val = state.get("best_val_acc", -1.0)
+
+
 def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
           hooks: Optional[List[EpochHook]] = None, log: Optional[Callable[[str], None]] = None,
           ctx: Optional[distributed.Context] = None) -> Dict:
@@ -146,154 +195,172 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
     Under torchrun (``ctx`` from ``distributed.setup``) every rank trains its shard of each batch through
     DDP; rank 0 alone evaluates, logs and writes the run folder.
     """
-    ctx = ctx or distributed.Context(device=resolve_device(cfg.device))
-    main = ctx.is_main
-    log = (log or (lambda msg: print(msg, flush=True))) if main else (lambda msg: None)
+    ctx = ctx or distributed.Context(device=distributed.resolve_device(cfg.device))
+    log = (log or (lambda msg: print(msg, flush=True))) if ctx.is_main else (lambda msg: None)
+    _check(cfg, ctx, log)
+    torch.manual_seed(cfg.seed)
+    cfg.data_dir = cfg.resolved_data_dir()  # recorded in config.yaml, so evaluate/report find the same files
+    train_set, val_set, test_set = _load_splits(cfg, ctx.device)
+    if cfg.tensorboard:
+        _tensorboard_class()  # fail before anything is written
+    st = _State(cfg, ctx.device)
+    saved = ctx.on_main(lambda: _open_run(run, resume))  # rank 0 reads the checkpoint and hands it on
+    if saved is not None:
+        st.load_state_dict(saved)
+        log(f"resuming {run} after epoch {st.epoch}")
+    if ctx.active:
+        log(f"distributed: {ctx.world} ranks ({torch.distributed.get_backend()}), "
+            f"{cfg.batch_size // ctx.world} images per rank per batch")
+    net = distributed.wrap(st.model, ctx)
+    writer = _start_run_folder(run, st) if ctx.is_main else None
+    stop = _StopOnSignal()  # Ctrl-C / SIGTERM stop between batches, never inside a checkpoint write
+    epoch = st.epoch
+    try:
+        for epoch in range(st.epoch, cfg.epochs):
+            totals, seconds = _run_epoch(st, net, train_set, epoch, ctx, stop, run, progress)
+            if not ctx.is_main:
+                continue
+            record = _evaluate_epoch(st, totals, seconds, epoch, ctx.world, val_set, test_set)
+            _save_epoch(st, record, run)
+            _log_epoch(record, cfg.epochs, log, writer)
+            for hook in hooks or []:
+                hook(run, st.history)
+    except KeyboardInterrupt:
+        raise ctx.agreed(Interrupted(f"interrupted during epoch {epoch + 1}; the checkpoint after epoch "
+                                     f"{len(st.history)} is kept; continue with: odenet train --resume {run}")) from None
+    finally:
+        stop.restore()
+        if writer is not None:
+            writer.close()
+    return _summarize(run, st.history, ctx, val_set is not None)
+
+
+def _check(cfg: Config, ctx: distributed.Context, log: Callable[[str], None]) -> None:
     cfg.validate()
     if cfg.ode_solver().engine != cfg.backend:
         log(f"note: solver {cfg.solver} is not in the native engine; it runs on the torchdiffeq backend")
     if cfg.batch_size % ctx.world:
         raise ctx.agreed(OdenetError(f"batch-size {cfg.batch_size} is the global batch and must divide evenly "
                                      f"over the {ctx.world} ranks"))
-    device = ctx.device
-    torch.manual_seed(cfg.seed)
-    cfg.data_dir = cfg.resolved_data_dir()  # recorded in config.yaml, so evaluate/report find the same files
+
+
+def _load_splits(cfg: Config, device: torch.device):
+    """The training split (less the validation images), the validation split (or None) and the test split."""
     train_set = load(cfg.dataset, cfg.data_dir, True, device, cfg.train_subset, cfg.verify_data)
     test_set = load(cfg.dataset, cfg.data_dir, False, device, cfg.test_subset, cfg.verify_data)
     train_set, val_set = carve_validation(train_set, cfg.val_size, cfg.seed)
-    augment = cfg.aug_rotate > 0 or cfg.aug_translate > 0 or cfg.aug_scale > 0 or cfg.aug_flip or cfg.aug_elastic > 0
-    background = background_value(cfg.dataset)
-    n_classes = len(class_names(cfg.dataset))
+    return train_set, val_set, test_set
 
-    if cfg.tensorboard:
-        _tensorboard_class()  # fail before anything is written
-    model = build_model(cfg).to(device)
-    opt = make_optimizer(model, cfg.lr, cfg.optimizer, cfg.weight_decay)
-    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    history: List[Dict] = []
-    start_epoch, best_val = 0, -1.0
-    state = ctx.on_main(lambda: _open_run(run, resume))  # rank 0 reads the checkpoint and hands it on
-    if state is not None:
-        model.load_state_dict(state.get("train_model", state["model"]))
-        if ema is not None:
-            ema.model.load_state_dict(state["model"])
-            ema.updates = state.get("ema_updates", 0)
-        opt.load_state_dict(state["optimizer"])
-        shuffle.set_state(state["rng"]["shuffle"])
-        torch.set_rng_state(state["rng"]["torch"])
-        history, start_epoch, best_val = list(state["history"]), state["epoch"], state.get("best_val_acc", -1.0)
-        log(f"resuming {run} after epoch {start_epoch}")
-    if ctx.active:
-        log(f"distributed: {ctx.world} ranks ({torch.distributed.get_backend()}), "
-            f"{cfg.batch_size // ctx.world} images per rank per batch")
-    net = distributed.wrap(model, ctx)
-    writer = None
-    if main:
-        atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        _write_metrics(run, history)
-        writer = _tensorboard_class()(str(run / "tensorboard")) if cfg.tensorboard else None
 
+def _start_run_folder(run: Path, st: _State):
+    """Rank 0: write config.yaml and the metrics so far; the TensorBoard writer, if asked for."""
+    atomic_write_text(run / "config.yaml", yaml.safe_dump(st.cfg.to_dict(), sort_keys=False))
+    _write_metrics(run, st.history)
+    return _tensorboard_class()(str(run / "tensorboard")) if st.cfg.tensorboard else None
+
+
+def _run_epoch(st: _State, net, train_set, epoch: int, ctx: distributed.Context, stop: "_StopOnSignal",
+               run: Path, progress: bool):
+    """One pass over the training split (this rank's shard of every batch): the totals and the seconds."""
+    cfg, model = st.cfg, st.model
+    model.train()
+    t0 = time.perf_counter()
+    totals = _Totals()
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
-    stop = _StopOnSignal()  # Ctrl-C / SIGTERM stop between batches, never inside a checkpoint write
-    epoch = start_epoch
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            model.train()
-            t0 = time.perf_counter()
-            sums = dict(loss=0.0, correct=0.0, n=0.0, nfe_f=0.0, nfe_b=0.0)
-            bar = _bar(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress and main)
-            for b, shard in enumerate(train_set.shards(cfg.batch_size, shuffle, ctx.rank, ctx.world)):
-                for group in opt.param_groups:
-                    group["lr"] = step_lr(cfg, epoch, b, n_batches)
-                x = shard.x
-                if augment and epoch < cfg.epochs - cfg.aug_off_epochs:
-                    x = random_affine(x, cfg.aug_rotate, cfg.aug_translate, cfg.aug_scale, background,
-                                      rows=(shard.start, shard.total), flip=cfg.aug_flip,
-                                      elastic=cfg.aug_elastic, elastic_sigma=cfg.aug_elastic_sigma)
-                try:
-                    st = train_step(model, opt, x, shard.y, cfg.label_smoothing, net=net, ctx=ctx,
-                                    weight=shard.weight, stop=stop.signal is not None, kinetic=cfg.kinetic)
-                except (DivergenceError, SolverError, AssertionError) as e:  # a backward solve fails here
-                    if isinstance(e, AssertionError) and not _solver_failure(e):
-                        raise
-                    raise ctx.agreed(DivergenceError(
-                        f"training diverged at epoch {epoch + 1}, batch {b + 1}: {e}; "
-                        f"last good checkpoint kept in {run / 'checkpoints'}")) from None
-                if ema is not None:
-                    ema.update()
-                sums["loss"] += st.loss * st.n
-                sums["correct"] += st.correct
-                sums["n"] += st.n
-                sums["nfe_f"] += st.nfe_f
-                sums["nfe_b"] += st.nfe_b
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.4f}", acc=f"{sums['correct'] / sums['n']:.4f}",
-                                    nfe=f"{st.nfe_f:.0f}/{st.nfe_b}", refresh=False)
-            sums["nfe_b"] = ctx.all_sum([sums["nfe_b"]])[0] / ctx.world
-            distributed.check_in_sync(model, ctx)
-            seconds = time.perf_counter() - t0
-            if bar is not None:
-                bar.close()
-            if not main:
-                continue
-            eval_model = ema.model if ema is not None else model
-            record = {
-                "epoch": epoch + 1,
-                "train_loss": sums["loss"] / sums["n"], "train_acc": sums["correct"] / sums["n"],
-                "nfe_forward": sums["nfe_f"] / n_batches, "nfe_backward": sums["nfe_b"] / n_batches,
-                "epoch_seconds": seconds, "images_per_s": sums["n"] / seconds, "lr": opt.param_groups[0]["lr"],
-                "train_images": int(sums["n"]), "ranks": ctx.world,
-            }
-            if val_set is not None:
-                ev = run_eval(eval_model, val_set, cfg.eval_batch_size, n_classes)
-                record.update(val_loss=ev["loss"], val_acc=ev["acc"])
-            ev = run_eval(eval_model, test_set, cfg.eval_batch_size, n_classes)
-            record.update(test_loss=ev["loss"], test_acc=ev["acc"], nfe_test=ev["nfe"], eval_seconds=ev["seconds"])
-            history.append(record)
-            is_best = val_set is not None and record["val_acc"] > best_val
-            if is_best:
-                best_val = record["val_acc"]
-            state = {"config": cfg.to_dict(), "model": eval_model.state_dict(), "optimizer": opt.state_dict(),
-                     "epoch": epoch + 1, "history": history, "best_val_acc": best_val,
-                     "rng": {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()}}
-            if ema is not None:
-                state.update(train_model=model.state_dict(), ema_updates=ema.updates)
-            checkpoint.save(run / "checkpoints" / "last.pt", state)
-            if is_best:
-                checkpoint.save(run / "checkpoints" / "best.pt", state)
-            _write_metrics(run, history)
-            val_text = f"val acc {record['val_acc']:.4f}  " if val_set is not None else ""
-            log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
-                f"{val_text}test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}  "
-                f"NFE fwd {record['nfe_forward']:.1f} bwd {record['nfe_backward']:.1f}  "
-                f"{seconds:.1f}s ({record['images_per_s']:.0f} img/s)")
-            if writer is not None:
-                for k, v in record.items():
-                    if k != "epoch":
-                        writer.add_scalar(k, v, epoch + 1)
-                writer.flush()
-            for hook in hooks or []:
-                hook(run, history)
-    except KeyboardInterrupt:
-        raise ctx.agreed(Interrupted(f"interrupted during epoch {epoch + 1}; the checkpoint after epoch {len(history)} is "
-                                     f"kept; continue with: odenet train --resume {run}")) from None
-    finally:
-        stop.restore()
-        if writer is not None:
-            writer.close()
+    augment = epoch < cfg.epochs - cfg.aug_off_epochs and (
+        cfg.aug_rotate > 0 or cfg.aug_translate > 0 or cfg.aug_scale > 0 or cfg.aug_flip or cfg.aug_elastic > 0)
+    background = background_value(cfg.dataset)
+    bar = _bar(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress and ctx.is_main)
+    for b, shard in enumerate(train_set.shards(cfg.batch_size, st.shuffle, ctx.rank, ctx.world)):
+        for group in st.opt.param_groups:
+            group["lr"] = step_lr(cfg, epoch, b, n_batches)
+        x = shard.x
+        if augment:
+            x = random_affine(x, cfg.aug_rotate, cfg.aug_translate, cfg.aug_scale, background,
+                              rows=(shard.start, shard.total), flip=cfg.aug_flip,
+                              elastic=cfg.aug_elastic, elastic_sigma=cfg.aug_elastic_sigma)
+        try:
+            step = train_step(model, st.opt, x, shard.y, cfg.label_smoothing, net=net, ctx=ctx,
+                              weight=shard.weight, stop=stop.signal is not None, kinetic=cfg.kinetic)
+        except (DivergenceError, SolverError, AssertionError) as e:  # a backward solve fails here
+            if isinstance(e, AssertionError) and not _solver_failure(e):
+                raise
+            raise ctx.agreed(DivergenceError(
+                f"training diverged at epoch {epoch + 1}, batch {b + 1}: {e}; "
+                f"last good checkpoint kept in {run / 'checkpoints'}")) from None
+        if st.ema is not None:
+            st.ema.update()
+        totals.add(step)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{totals.loss / totals.n:.4f}", acc=f"{totals.correct / totals.n:.4f}",
+                            nfe=f"{step.nfe_f:.0f}/{step.nfe_b}", refresh=False)
+    totals.nfe_b = ctx.all_sum([totals.nfe_b])[0] / ctx.world
+    distributed.check_in_sync(model, ctx)
+    if bar is not None:
+        bar.close()
+    return totals, time.perf_counter() - t0
 
-    summary = {"run": str(run), "epochs": len(history), "device": str(device), "ranks": ctx.world,
+
+def _evaluate_epoch(st: _State, totals: _Totals, seconds: float, epoch: int, ranks: int, val_set,
+                    test_set) -> Dict:
+    """The epoch's record: training totals, then validation and test accuracy of the evaluated model."""
+    n_batches = totals.batches
+    n_classes = len(class_names(st.cfg.dataset))
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": totals.loss / totals.n, "train_acc": totals.correct / totals.n,
+        "nfe_forward": totals.nfe_f / n_batches, "nfe_backward": totals.nfe_b / n_batches,
+        "epoch_seconds": seconds, "images_per_s": totals.n / seconds, "lr": st.opt.param_groups[0]["lr"],
+        "train_images": int(totals.n), "ranks": ranks,
+    }
+    if val_set is not None:
+        ev = run_eval(st.eval_model, val_set, st.cfg.eval_batch_size, n_classes)
+        record.update(val_loss=ev["loss"], val_acc=ev["acc"])
+    ev = run_eval(st.eval_model, test_set, st.cfg.eval_batch_size, n_classes)
+    record.update(test_loss=ev["loss"], test_acc=ev["acc"], nfe_test=ev["nfe"], eval_seconds=ev["seconds"])
+    return record
+
+
+def _save_epoch(st: _State, record: Dict, run: Path) -> None:
+    """Append the record; write last.pt (and best.pt when validation accuracy improved), then the metrics."""
+    st.history.append(record)
+    st.epoch = record["epoch"]
+    is_best = "val_acc" in record and record["val_acc"] > st.best_val
+    if is_best:
+        st.best_val = record["val_acc"]
+    state = st.state_dict()
+    checkpoint.save(run / "checkpoints" / "last.pt", state)
+    if is_best:
+        checkpoint.save(run / "checkpoints" / "best.pt", state)
+    _write_metrics(run, st.history)
+
+
+def _log_epoch(record: Dict, epochs: int, log: Callable[[str], None], writer) -> None:
+    val_text = f"val acc {record['val_acc']:.4f}  " if "val_acc" in record else ""
+    log(f"epoch {record['epoch']}/{epochs}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
+        f"{val_text}test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}  "
+        f"NFE fwd {record['nfe_forward']:.1f} bwd {record['nfe_backward']:.1f}  "
+        f"{record['epoch_seconds']:.1f}s ({record['images_per_s']:.0f} img/s)")
+    if writer is not None:
+        for k, v in record.items():
+            if k != "epoch":
+                writer.add_scalar(k, v, record["epoch"])
+        writer.flush()
+
+
+def _summarize(run: Path, history: List[Dict], ctx: distributed.Context, validated: bool) -> Dict:
+    """The run's summary (written to summary.json by rank 0)."""
+    summary = {"run": str(run), "epochs": len(history), "device": str(ctx.device), "ranks": ctx.world,
                "final": history[-1] if history else None,
                "final_test_acc": history[-1]["test_acc"] if history else None,
-               "selection": "best.pt: highest validation accuracy" if val_set is not None else
+               "selection": "best.pt: highest validation accuracy" if validated else
                             "none: no validation split, the final model is the run's model",
                "total_train_seconds": sum(r["epoch_seconds"] for r in history)}
-    if val_set is not None and history:
+    if validated and history:
         best = max(history, key=lambda r: r["val_acc"])
         summary.update(best_epoch=best["epoch"], best_val_acc=best["val_acc"], test_acc_at_best=best["test_acc"])
-    if main:
+    if ctx.is_main:
         atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
