@@ -17,7 +17,7 @@ from odenet.bench.common import machine
 import tempfile
 
 from odenet.demo import load_predictor
-from odenet.preprocess import prepare_image
+from odenet.images import prepare_image
 from odenet.shipped import SHIPPED
 
 p = argparse.ArgumentParser()

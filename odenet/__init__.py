@@ -1,6 +1,14 @@
-"""odenet: a Neural ODE classifier for MNIST, trained with the adjoint method, with a native solver engine."""
+"""odenet: a Neural ODE classifier for MNIST, trained with the adjoint method, on a native solver engine.
+
+The public API is ``__all__``; docs/api.md shows each name with an example.
+"""
+from .api import fit, load, preprocess
+from .config import Config
+from .errors import OdenetError, SolverError
 from .model import NeuralODEModel, ODEBlock, ODEFunc
-from .ode import odeint
+from .ode import AdjointSpec, Solution, Solver, Stats, StepController, integrate, odeint, odeint_adjoint
 
 __version__ = "0.1.0"
-__all__ = ["NeuralODEModel", "ODEBlock", "ODEFunc", "odeint", "__version__"]
+__all__ = ["load", "preprocess", "fit", "Config", "NeuralODEModel", "ODEBlock", "ODEFunc", "Solver",
+           "StepController", "AdjointSpec", "integrate", "Solution", "Stats", "odeint", "odeint_adjoint",
+           "OdenetError", "SolverError"]

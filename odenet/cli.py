@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -167,9 +166,7 @@ def _train_run(args):
                 setattr(cfg, key, getattr(args, key))
         return cfg.validate(), run
     cfg = _train_config(args)
-    if cfg.name is None:
-        cfg.name = f"{cfg.dataset}-{cfg.solver}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return cfg, Path(cfg.out) / cfg.name
+    return cfg, cfg.run_folder()
 
 
 def cmd_evaluate(args) -> int:
@@ -204,7 +201,7 @@ def cmd_predict(args) -> int:
     from .data import class_names
     from .evaluate import predict
     from .ood import from_checkpoint
-    from .preprocess import prepare_image
+    from .images import prepare_image
     from .shipped import model_path
     from .distributed import resolve_device
 

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -128,6 +129,12 @@ class Config:
         if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
             raise OdenetError(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
         return self
+
+    def run_folder(self) -> Path:
+        """``<out>/<name>``, naming the run ``<dataset>-<solver>-<time>`` first when it has no name."""
+        if self.name is None:
+            self.name = f"{self.dataset}-{self.solver}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return Path(self.out) / self.name
 
     @staticmethod
     def help(name: str) -> str:

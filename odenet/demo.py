@@ -237,7 +237,7 @@ def build_app(pred: Predictor):
         return (view, pred.probabilities(flow), pred.summary(flow, solver, score), flow_png, path_png)
 
     def prepare(source) -> Tuple[Optional[np.ndarray], str]:
-        from .preprocess import prepare_image
+        from .images import prepare_image
 
         try:
             return prepare_image(source), ""

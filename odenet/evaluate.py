@@ -1,4 +1,4 @@
-"""Evaluation on a split, and prediction on a user's own images (prepared by ``odenet.preprocess``)."""
+"""Evaluation on a split, and prediction on a user's own images (prepared by ``odenet.images``)."""
 from __future__ import annotations
 
 import time

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from .config import Config
-from .ode import Solver, integrate
+from .errors import OdenetError
+from .ode import Solver, Stats, integrate
 
 
 class ODEFunc(nn.Module):
@@ -92,6 +93,7 @@ class ODEBlock(nn.Module):
         self.odefunc = odefunc
         self.t_end = t_end
         self.solver = solver if solver is not None else Config().ode_solver()
+        self.stats: Optional[Stats] = None  # of the last solve (native engine); backward counts after backward()
 
     @contextmanager
     def settings(self, t_end: Optional[float] = None, **flat):
@@ -105,13 +107,29 @@ class ODEBlock(nn.Module):
             self.t_end, self.solver = old
 
     def forward(self, z0: torch.Tensor, energy: bool = False):
-        """z(T) for z(0) = ``z0``: ``(B, dim) -> (B, dim)``; with ``energy`` also ``integral_0^T |f|^2 dt`` ``(B,)``."""
+        """z(T) for z(0) = ``z0`` (any shape ``(B, ...)``, e.g. a feature map ``(B, C, H, W)``), same shape; with
+        ``energy`` also the kinetic energy ``integral_0^T |f(z_b(t))|^2 dt`` per sample ``(B,)``, differentiable."""
         sol = integrate(self.odefunc, z0, [0.0, self.t_end], self.solver, energy=energy)
+        self.stats = sol.stats
         return (sol.ys[-1], sol.energy) if energy else sol.ys[-1]
 
     def trajectory(self, z0: torch.Tensor, ts: Sequence[float], **flat) -> torch.Tensor:
-        """z at each time of ``ts`` (starting at 0): ``(len(ts), B, dim)``; keyword args override solver settings."""
-        return integrate(self.odefunc, z0, ts, self.solver.replace(**flat) if flat else self.solver).ys
+        """z at each time of ``ts`` (starting at 0): ``(len(ts), *z0.shape)``, by dense output (the NFE of one
+        solve); keyword args override solver settings."""
+        sol = integrate(self.odefunc, z0, ts, self.solver.replace(**flat) if flat else self.solver)
+        self.stats = sol.stats
+        return sol.ys
+
+
+def _images(x: torch.Tensor) -> torch.Tensor:
+    """A batch ``(B, 1, 28, 28)`` from images ``(B, 1, 28, 28)``, ``(B, 28, 28)`` or one ``(28, 28)``."""
+    if not isinstance(x, torch.Tensor):
+        raise OdenetError(f"images must be a tensor (see odenet.preprocess), got {type(x).__name__}")
+    x = x.reshape(1, 1, *x.shape) if x.dim() == 2 else x.unsqueeze(1) if x.dim() == 3 else x
+    if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28) or not x.is_floating_point():
+        raise OdenetError(f"images must be floating-point (B, 1, 28, 28) as odenet.preprocess returns them, "
+                          f"got {x.dtype} {tuple(x.shape)}")
+    return x
 
 
 class NeuralODEModel(nn.Module):
@@ -162,6 +180,31 @@ class NeuralODEModel(nn.Module):
         maps = relu2(pool2(conv2(h)))
         hidden = relu3(linear1(flatten(maps)))
         return maps, hidden, tanh(linear2(hidden))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(B, classes)`` of images ``x`` as ``odenet.preprocess`` returns them
+        ``(B, 1, 28, 28)``."""
+        return torch.softmax(self(_images(x)), -1)
+
+    @torch.no_grad()
+    def trajectory(self, x: torch.Tensor, t: Sequence[float]) -> torch.Tensor:
+        """The latent path z(t) of images ``x`` at the times ``t`` (from 0): ``(len(t), B, dim)``, by dense output."""
+        ts = [float(v) for v in (t.tolist() if isinstance(t, torch.Tensor) else t)]
+        late = not ts or ts[0] != 0.0  # the flow starts at z(0): solve from 0, drop that point
+        zs = self.odeblock.trajectory(self.encode(_images(x)), [0.0] + ts if late else ts)
+        return zs[1:] if late else zs
+
+    @torch.no_grad()
+    def decision(self, x: torch.Tensor, t: Sequence[float]) -> torch.Tensor:
+        """The classifier's probabilities along the flow, ``softmax(classifier(z(t)))``: ``(len(t), B, classes)``."""
+        return torch.softmax(self.classifier(self.trajectory(x, t)), -1)
+
+    @property
+    def stats(self) -> Optional[Stats]:
+        """Solver statistics of the last call: ``nfe_forward``, ``steps_forward``, ``rejected_forward`` and, after
+        ``backward()``, the adjoint's ``nfe_backward``, ``steps_backward``, ``rejected_backward`` (native engine)."""
+        return self.odeblock.stats
 
     @property
     def nfe(self) -> int:

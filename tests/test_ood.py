@@ -79,7 +79,7 @@ def test_a_model_without_statistics_gives_no_score(tmp_path, capsys):
 
 def test_demo_summary_shows_the_flag(tmp_path):
     from odenet.demo import load_predictor
-    from odenet.preprocess import prepare_image
+    from odenet.images import prepare_image
 
     pred = load_predictor(str(SHIPPED))
     pred.out_dir = tmp_path

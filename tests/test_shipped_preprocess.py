@@ -13,7 +13,7 @@ from odenet.checkpoint import load, load_model
 from odenet.cli import main
 from odenet.errors import OdenetError
 from odenet.evaluate import predict, run_eval
-from odenet.preprocess import prepare_image
+from odenet.images import prepare_image
 from odenet.shipped import SHIPPED
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ def test_huge_image_is_scaled_down_before_any_work(tmp_path, monkeypatch):
     decoded at reduced scale (no wall-time bound: benchmarks/demo_latency.py times the preprocessing)."""
     from PIL import JpegImagePlugin
 
-    from odenet import preprocess
+    from odenet import images as preprocess
 
     big = np.full((4000, 3000), 255, np.uint8)
     big[1000:3000, 1400:1700] = 0  # a dark bar on white paper

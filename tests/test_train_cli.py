@@ -126,7 +126,7 @@ def test_cli_end_to_end(synth_dir, tmp_path, capsys, monkeypatch):
     assert [p["top"][0]["class"] for p in pred] == ["2", "7"]
     # the three shown are the model's three most probable classes, with its probabilities
     from odenet.data import normalize
-    from odenet.preprocess import prepare_image
+    from odenet.images import prepare_image
 
     model, _, _ = checkpoint.load_model(str(run))
     with torch.no_grad():

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from odenet import preprocess
+from odenet import images as preprocess
 from odenet.cli import main
 from odenet.errors import OdenetError
-from odenet.preprocess import prepare_image
+from odenet.images import prepare_image
 
 
 def seven(size=(400, 400), ink=0, paper=255, mode="L") -> Image.Image:

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent / "odenet"
 LAYERS = [
     ("base", ["errors", "files"]),
     ("ode", ["ode.settings", "ode.tableaus", "ode.native", "ode.adjoint", "ode.frontend", "ode"]),
-    ("settings and data", ["config", "data", "preprocess"]),
+    ("settings and data", ["config", "data", "images"]),
     ("model", ["model", "baseline"]),
     ("model services", ["checkpoint", "shipped", "evaluate", "flow", "ood", "figures", "distributed"]),
     ("jobs", ["train", "report", "demo"]),

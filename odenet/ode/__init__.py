@@ -9,11 +9,11 @@ Layers: ``settings`` (the types) -> ``tableaus`` (the methods) -> ``native`` (th
 ``adjoint`` (the backward pass) -> ``frontend`` (checks, time reversal, tuples, torchdiffeq) -> this face.
 """
 from .frontend import Solution, integrate, odeint, odeint_adjoint
-from .native import solve
+from .native import Stats, solve
 from .settings import (BACKENDS, FIXED_METHODS, NATIVE_METHODS, AdjointSpec, Solver, StepController, is_adaptive, resolve_backend,
                        torchdiffeq_methods)
 from .tableaus import TABLEAUS, Tableau
 
-__all__ = ["odeint", "odeint_adjoint", "integrate", "Solution", "Solver", "StepController", "AdjointSpec",
+__all__ = ["odeint", "odeint_adjoint", "integrate", "Solution", "Stats", "Solver", "StepController", "AdjointSpec",
            "Tableau", "TABLEAUS", "NATIVE_METHODS", "FIXED_METHODS", "BACKENDS", "is_adaptive", "resolve_backend",
            "torchdiffeq_methods", "solve"]

@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ..errors import SolverError
-from .native import solve
+from .native import Stats, solve
 from .settings import Norm, StepController
 from .tableaus import Tableau
 
@@ -71,16 +71,17 @@ def _augmented_norm(n: int, sizes: List[int], seminorm: bool) -> Norm:
 class _Problem:
     """What the backward pass needs besides the saved states: the vector field, times and settings."""
 
-    def __init__(self, func, ts, tab, controller, vjp, seminorm, t_dtype, energy):
+    def __init__(self, func, ts, tab, controller, vjp, seminorm, t_dtype, energy, stats):
         self.func, self.ts, self.tab, self.controller = func, ts, tab, controller
-        self.vjp, self.seminorm, self.t_dtype, self.energy = vjp, seminorm, t_dtype, energy
+        self.vjp, self.seminorm, self.t_dtype, self.energy, self.stats = vjp, seminorm, t_dtype, energy, stats
 
 
 class _Adjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y0: torch.Tensor, pb: _Problem, *params: torch.Tensor):  # type: ignore[override]
         with torch.no_grad():
-            ys, e = solve(pb.func, y0, pb.ts, pb.tab, pb.controller, t_dtype=pb.t_dtype, energy=pb.energy)
+            ys, e = solve(pb.func, y0, pb.ts, pb.tab, pb.controller, t_dtype=pb.t_dtype, energy=pb.energy,
+                          stats=pb.stats)
             ys = torch.stack(ys)
         ctx.pb, ctx.params = pb, params
         ctx.save_for_backward(ys)
@@ -110,7 +111,8 @@ class _Adjoint(torch.autograd.Function):
             g = ys.new_zeros(sum(sizes))
             for i in range(len(ts) - 1, 0, -1):
                 x = torch.cat([ys[i].reshape(-1), a, g])
-                x = solve(aug, x, [-ts[i], -ts[i - 1]], pb.tab, controller, lead=2 * n, t_dtype=pb.t_dtype)[0][-1]
+                x = solve(aug, x, [-ts[i], -ts[i - 1]], pb.tab, controller, lead=2 * n, t_dtype=pb.t_dtype,
+                          stats=pb.stats, part="backward")[0][-1]
                 a = x[n:2 * n] + grad_ys[i - 1].reshape(-1)
                 g = x[2 * n:]
         grads = list(torch.split(g, sizes)) if sizes else []
@@ -119,12 +121,13 @@ class _Adjoint(torch.autograd.Function):
 
 def odeint_adjoint_native(func: Callable, y0: torch.Tensor, ts: Sequence[float], tab: Tableau,
                           controller: StepController, params: Sequence[torch.Tensor], *, vjp: Optional[Vjp] = None,
-                          seminorm: bool = False, t_dtype: torch.dtype = torch.float64, energy: bool = False):
+                          seminorm: bool = False, t_dtype: torch.dtype = torch.float64, energy: bool = False,
+                          stats: Optional[Stats] = None):
     """Solve with the adjoint backward pass. Returns states at ``ts``: shape ``(len(ts), *y0.shape)``, and with
     ``energy`` also ``integral |f|^2 dt`` per sample, whose gradient the backward pass adds."""
     if energy and vjp is not None and not accepts_kinetic(vjp):
         raise SolverError("the kinetic energy's gradient needs a vjp that takes kinetic=...; this vjp does not")
-    pb = _Problem(func, [float(t) for t in ts], tab, controller, vjp, seminorm, t_dtype, energy)
+    pb = _Problem(func, [float(t) for t in ts], tab, controller, vjp, seminorm, t_dtype, energy, stats)
     return _Adjoint.apply(y0, pb, *params)
 
 

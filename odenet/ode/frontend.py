@@ -13,7 +13,7 @@ import torch
 
 from ..errors import SolverError
 from .adjoint import accepts_kinetic, odeint_adjoint_native
-from .native import solve
+from .native import Stats, solve
 from .settings import NATIVE_METHODS, AdjointSpec, Solver, StepController
 
 State = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
@@ -25,7 +25,8 @@ class Solution(NamedTuple):
     ``energy``: ``integral |f(z_b(t))|^2 dt`` per sample ``b`` of the state's first axis (shape ``y0.shape[:1]``)."""
 
     ys: State
-    energy: Optional[torch.Tensor]
+    energy: Optional[torch.Tensor] = None
+    stats: Optional[Stats] = None  # the native engine's counts (backward ones filled by backward()); None on torchdiffeq
 
 
 def integrate(func: Callable, y0: State, t: Times, solver: Solver = Solver(), *, energy: bool = False) -> Solution:
@@ -40,18 +41,18 @@ def integrate(func: Callable, y0: State, t: Times, solver: Solver = Solver(), *,
     if energy:
         solver.check_energy()
     if solver.engine == "torchdiffeq":
-        return Solution(_torchdiffeq(func, y0, t, solver), None)
+        return Solution(_torchdiffeq(func, y0, t, solver))
     if isinstance(y0, (tuple, list)):
         if energy:
             raise SolverError("the kinetic energy needs a tensor state, not a tuple")
-        return Solution(_tuple(func, tuple(y0), t, solver), None)
+        return _tuple(func, tuple(y0), t, solver)
     y0 = _check_state(y0)
     tt = _check_times(t, y0)
     if energy and tt.requires_grad:
         raise SolverError("the kinetic energy with t.requires_grad is not supported")
     if len(tt) == 1:
         real = y0.real.dtype if y0.is_complex() else y0.dtype
-        return Solution(y0.unsqueeze(0), y0.new_zeros(y0.shape[:1], dtype=real) if energy else None)
+        return Solution(y0.unsqueeze(0), y0.new_zeros(y0.shape[:1], dtype=real) if energy else None, Stats())
     spec = solver.adjoint
     params = _params(func, spec)
     if spec.enabled and y0.is_complex():
@@ -63,17 +64,20 @@ def integrate(func: Callable, y0: State, t: Times, solver: Solver = Solver(), *,
     core_f = _ReversedFunc(f) if reverse else f
     core_ts = [-x for x in ts] if reverse else ts
     t_grad = tt.requires_grad and torch.is_grad_enabled()
+    stats = Stats()
     y_start = _StartTime.apply(y0, tt[0], f) if t_grad else y0
     if spec.enabled and torch.is_grad_enabled() and (y_start.requires_grad or params):
         vjp = _fused_vjp(func, spec, params, energy)
         core_vjp = vjp if not reverse or vjp is None else _reversed_vjp(vjp)
         out = odeint_adjoint_native(core_f, y_start, core_ts, solver.tableau, solver.controller, params,
-                                    vjp=core_vjp, seminorm=spec.seminorm, t_dtype=tt.dtype, energy=energy)
+                                    vjp=core_vjp, seminorm=spec.seminorm, t_dtype=tt.dtype, energy=energy,
+                                    stats=stats)
         ys, e = out if energy else (out, None)
     else:
-        ys, e = solve(core_f, y_start, core_ts, solver.tableau, solver.controller, t_dtype=tt.dtype, energy=energy)
+        ys, e = solve(core_f, y_start, core_ts, solver.tableau, solver.controller, t_dtype=tt.dtype, energy=energy,
+                      stats=stats)
         ys = torch.stack(ys)
-    return Solution(_OutputTimes.apply(ys, tt, f) if t_grad else ys, e)
+    return Solution(_OutputTimes.apply(ys, tt, f) if t_grad else ys, e, stats)
 
 
 def odeint(func: Callable, y0: State, t: Times, rtol: float = 1e-7, atol: float = 1e-9, method: Optional[str] = None,
@@ -295,7 +299,7 @@ def _reversed_vjp(vjp: Callable) -> Callable:
     return rvjp
 
 
-def _tuple(func: Callable, y0s: tuple, t: Times, solver: Solver) -> tuple:
+def _tuple(func: Callable, y0s: tuple, t: Times, solver: Solver) -> Solution:
     """Tuple states: integrate the concatenation, hand ``func`` the parts, return a tuple of solutions."""
     if not y0s or not all(isinstance(y, torch.Tensor) for y in y0s):
         raise SolverError("a tuple y0 must hold tensors")
@@ -317,8 +321,9 @@ def _tuple(func: Callable, y0s: tuple, t: Times, solver: Solver) -> tuple:
             raise SolverError(f"func must return a tuple of {len(shapes)} tensors for a tuple state")
         return torch.cat([o.to(y.dtype).reshape(-1) for o in out])
 
-    ys = integrate(flat_func, torch.cat([y.reshape(-1) for y in y0s]), t, solver).ys
-    return tuple(p.reshape(len(ys), *s) for p, s in zip(torch.split(ys, sizes, dim=1), shapes))
+    sol = integrate(flat_func, torch.cat([y.reshape(-1) for y in y0s]), t, solver)
+    ys = sol.ys
+    return sol._replace(ys=tuple(p.reshape(len(ys), *s) for p, s in zip(torch.split(ys, sizes, dim=1), shapes)))
 
 
 def _torchdiffeq(func: Callable, y0: State, t: Times, solver: Solver, tol: Optional[tuple] = None,

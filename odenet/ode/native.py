@@ -16,6 +16,7 @@ Shapes: the state ``y`` is any tensor shape ``S``; ``func(t: 0-d tensor, y: S) -
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -137,6 +138,39 @@ def interp_eval(coeffs: List[torch.Tensor], x: float) -> torch.Tensor:
 
 
 
+@dataclass
+class Stats:
+    """What solves cost: function evaluations and accepted / rejected steps, forward and backward.
+
+    ``integrate`` returns one per call; its backward counts arrive when ``backward()`` runs the adjoint (or stay
+    0 without one: backprop through the solver evaluates no ``f``).
+    """
+
+    nfe_forward: int = 0
+    steps_forward: int = 0
+    rejected_forward: int = 0
+    nfe_backward: int = 0
+    steps_backward: int = 0
+    rejected_backward: int = 0
+
+
+class _Count:
+    """Counts ``func``'s calls and the loop's accepted and rejected steps into ``stats`` (forward or backward)."""
+
+    def __init__(self, func: Callable, stats: Optional[Stats], part: str):
+        self.func, self.stats, self.part = func, stats, part
+
+    def __call__(self, t, y):
+        if self.stats is not None:
+            setattr(self.stats, "nfe_" + self.part, getattr(self.stats, "nfe_" + self.part) + 1)
+        return self.func(t, y)
+
+    def step(self, accepted: bool) -> None:
+        if self.stats is not None:
+            name = ("steps_" if accepted else "rejected_") + self.part
+            setattr(self.stats, name, getattr(self.stats, name) + 1)
+
+
 class _Energy:
     """The running integral of ``|f|^2`` per sample (over the state's first axis), by each step's own weights ``b``.
 
@@ -166,8 +200,8 @@ class _Energy:
 
 
 def solve(func: Callable, y0: torch.Tensor, ts: Sequence[float], tab: Tableau, controller: StepController, *,
-          lead: Optional[int] = None, t_dtype: torch.dtype = torch.float64,
-          energy: bool = False) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
+          lead: Optional[int] = None, t_dtype: torch.dtype = torch.float64, energy: bool = False,
+          stats: Optional[Stats] = None, part: str = "forward") -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
     """Integrate ``dy/dt = func(t, y)`` from ``ts[0]`` through strictly increasing times ``ts``.
 
     ``func`` receives ``t`` as a 0-d tensor of the state's real dtype on its device. Returns the states at every
@@ -180,9 +214,11 @@ def solve(func: Callable, y0: torch.Tensor, ts: Sequence[float], tab: Tableau, c
     on ``controller.grid(ts)`` and interpolate linearly between grid points.
     Runs under the caller's grad mode: with grad enabled it is backprop through the solver. ``lead`` (flat states
     only): ``func`` is given only the first ``lead`` entries and returns the derivative of the whole state; the
-    rest is a quadrature whose derivative does not depend on it (the adjoint's).
+    rest is a quadrature whose derivative does not depend on it (the adjoint's). ``stats``: counts are added to
+    its ``part`` (``forward`` or ``backward``) fields.
     """
     co = _coeffs(tab, y0)
+    func = _Count(func, stats, part)
     real = y0.real.dtype if y0.is_complex() else y0.dtype
     dev = y0.device
 
@@ -207,6 +243,7 @@ def _fixed(func, f, y0, ts, tab, co, controller, lead, clock, t_dtype, e) -> Lis
         if not t1 > t0:
             continue  # a zero-length last step left by rounding in the grid
         y1, ks = rk_step(func, tab, co, t0, y, t1 - t0, f(clock(t0), y), lead, clock)
+        func.step(True)
         e.add(ks, co, t1 - t0)
         while j < len(ts) and t1 >= ts[j]:
             out.append(y1 if ts[j] == t1 else y + ((ts[j] - t0) / (t1 - t0)) * (y1 - y))
@@ -238,6 +275,7 @@ def _adaptive(func, f, y0, ts, tab, co, controller, lead, clock, t_dtype, e) -> 
             err = torch.mm(co.e, ks.matrix(tab.stages).detach()).view_as(y) * h_eff
         ratio = controller.error_ratio(err, y, y1)
         steps += 1
+        func.step(ratio <= 1.0)
         if ratio <= 1.0:
             t1 = t_end if last else t + h_eff
             k1 = ks.last() if tab.fsal else f(clock(t1), y1)
