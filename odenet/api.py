@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -80,6 +80,21 @@ def _each_image(images) -> list:
     raise OdenetError(f"cannot read an image from a {type(images).__name__}")
 
 
+def dataset(name: str = "mnist", train: bool = False, n: Optional[int] = None, data_dir: Optional[str] = None,
+            device: str = "cpu") -> Tuple[torch.Tensor, torch.Tensor]:
+    """MNIST or Fashion-MNIST as training and evaluation see it: normalized images ``(N, 1, 28, 28)`` and labels
+    ``(N,)``; the test split unless ``train``; ``n``: a fixed random subset. Files are read from ``data_dir``, else
+    ``$ODENET_DATA_DIR``, else the per-user cache (downloaded there once)."""
+    from .config import DATASETS, default_data_dir
+    from .data import load as load_split
+    from .distributed import resolve_device
+
+    if name not in DATASETS:
+        raise OdenetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    split = load_split(name, data_dir or default_data_dir(), train, resolve_device(device), n)
+    return split.x, split.y
+
+
 def fit(config: Optional[Config] = None, *, resume: Optional[Union[str, Path]] = None, progress: bool = True,
         **settings) -> Dict[str, Any]:
     """Train as ``odenet train`` does and return the run's summary (``summary["run"]``: its folder).
@@ -117,4 +132,4 @@ def fit(config: Optional[Config] = None, *, resume: Optional[Union[str, Path]] =
     return summary
 
 
-__all__ = ["load", "preprocess", "fit"]
+__all__ = ["load", "preprocess", "dataset", "fit"]
