@@ -11,7 +11,7 @@ import time
 import torch
 
 from odenet.model import NeuralODEModel
-from odenet.ode import odeint
+from odenet.ode import odeint_adjoint
 
 p = argparse.ArgumentParser()
 p.add_argument("--rtol", type=float, default=1e-6)
@@ -28,8 +28,8 @@ for backend in ("native", "torchdiffeq"):
         z0.grad = None
         m.nfe = 0
         t0 = time.perf_counter()
-        zT = odeint(m.odefunc, z0, [0.0, 1.0], method="dopri5", rtol=args.rtol, atol=args.atol, backend=backend,
-                    seminorm=semi, adjoint=True)[-1]
+        zT = odeint_adjoint(m.odefunc, z0, [0.0, 1.0], method="dopri5", rtol=args.rtol, atol=args.atol,
+                            adjoint_options={"norm": "seminorm"} if semi else None, backend=backend)[-1]
         nfe_f, m.nfe = m.nfe, 0
         zT.pow(2).sum().backward()
         print(f"| {backend} | {'seminorm' if semi else 'full'} | {nfe_f} | {m.nfe} | {time.perf_counter() - t0:.2f} |")

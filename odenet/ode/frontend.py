@@ -140,6 +140,13 @@ def odeint_adjoint(func: Callable, y0: State, t: Times, rtol: float = 1e-7, atol
 _NATIVE_OPTIONS = {"step_size": "step_size", "first_step": "first_step", "max_num_steps": "max_steps"}
 
 
+def _applicable(options: dict, adaptive: bool) -> dict:
+    """``options`` less those the kind of method ignores (torchdiffeq's rule): adaptive methods estimate their
+    steps (no ``step_size``); fixed-step methods have no first step or step limit."""
+    ignored = ("step_size",) if adaptive else ("first_step", "max_num_steps")
+    return {k: v for k, v in options.items() if k not in ignored}
+
+
 def _solver(method, rtol, atol, options, spec: AdjointSpec, backend: str, event_fn) -> Solver:
     """The ``Solver`` that torchdiffeq's arguments describe (options checked for the native engine)."""
     solver = Solver(method=method or "dopri5", adjoint=spec, backend=backend)
@@ -152,11 +159,7 @@ def _solver(method, rtol, atol, options, spec: AdjointSpec, backend: str, event_
                           f"{', '.join(_NATIVE_OPTIONS)}); use backend='torchdiffeq'")
     if event_fn is not None:
         raise SolverError("event_fn is not supported by the native engine; use backend='torchdiffeq'")
-    settings = {_NATIVE_OPTIONS[k]: v for k, v in options.items()}
-    if solver.adaptive:
-        settings.pop("step_size", None)  # torchdiffeq's adaptive solvers ignore it too
-    else:
-        settings.pop("max_steps", None)  # torchdiffeq's max_num_steps bounds adaptive solvers only
+    settings = {_NATIVE_OPTIONS[k]: v for k, v in _applicable(options, solver.adaptive).items()}
     try:
         controller = StepController(rtol=rtol, atol=atol, **settings)
     except SolverError as e:  # name the option as the caller wrote it
@@ -338,13 +341,9 @@ def _torchdiffeq(func: Callable, y0: State, t: Times, solver: Solver, tol: Optio
                          device=like.device)
     c, spec = solver.controller, solver.adjoint
     if options is None:
-        options = {"first_step": c.first_step, "max_num_steps": c.max_steps} if solver.adaptive else \
-            {"step_size": c.step_size}
+        options = {"step_size": c.step_size, "first_step": c.first_step, "max_num_steps": c.max_steps}
         options = {k: v for k, v in options.items() if v is not None}
-    else:
-        options = dict(options)
-        if solver.adaptive:
-            options.pop("step_size", None)  # the fixed-step setting; torchdiffeq's adaptive solvers would warn
+    options = _applicable(options, solver.adaptive)
     rtol, atol = tol if tol is not None else (c.rtol, c.atol)
     kw = dict(rtol=rtol, atol=atol, method=solver.method, options=options)
     if event_fn is not None:
