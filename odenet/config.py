@@ -65,7 +65,7 @@ class Config:
         True: "adjoint backward error norm ignores the parameter adjoint",
         False: "adjoint backward error norm over every adjoint (overrides a --config file)"})
     backend: str = _s("native", "solver engine: native or torchdiffeq")
-    max_steps: int = _s(10_000, "adaptive solver step limit per solve")
+    max_steps: int = _s(10_000, "step limit per solve (adaptive solvers; a longer fixed grid is refused)")
     # data and run
     dataset: str = _s("mnist", "mnist or fashion-mnist")
     data_dir: Optional[str] = _s(None, "dataset folder in torchvision's layout (default: $ODENET_DATA_DIR or "

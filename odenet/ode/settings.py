@@ -45,7 +45,8 @@ class StepController:
 
     Adaptive methods accept a step when ``norm(err / (atol + rtol * max(|y0|, |y1|))) <= 1``, start from
     ``first_step`` (None: Hairer's estimate) and stop with an error after ``max_steps`` (None: unlimited).
-    Fixed-step methods step ``step_size`` (None: on the output times themselves) and ignore the rest.
+    Fixed-step methods step ``step_size`` (None: on the output times themselves); a grid of more than
+    ``max_steps`` steps is refused before the first one.
     ``norm`` (None: RMS) measures the scaled error; the adjoint replaces it for its augmented state.
     Defaults are torchdiffeq's.
     """
