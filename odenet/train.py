@@ -113,8 +113,9 @@ def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tenso
     if not math.isfinite(loss_sum):
         raise ctx.agreed(DivergenceError(f"loss is {loss_sum / n}"))
     opt.zero_grad(set_to_none=True)
-    scale = ctx.world * weight / n if ctx.active else 1.0 / len(y)  # of a per-image sum (the loss is one here)
-    (loss * scale if ctx.active else loss).backward()
+    if ctx.active:  # this rank's sum, scaled so that DDP's average over the ranks is the whole batch's mean
+        loss = loss * (ctx.world * weight / n)
+    loss.backward()
     opt.step()
     return StepStats(loss_sum / n, correct, n, nfe_f / ctx.world, model.nfe)
 

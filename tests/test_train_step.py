@@ -178,6 +178,19 @@ def test_a_shard_of_stand_ins_counts_for_nothing_and_moves_nothing():
     assert same_params(model, before, rtol=0, atol=0)
 
 
+def test_as_one_of_two_ranks_the_gradient_is_twice_its_share_of_the_regularised_mean():
+    """This rank holds the whole batch, the other only stand-ins: its gradient (before DDP halves it) is twice
+    that of mean CE + w * mean E over the batch, the kinetic term weighted like the loss."""
+    model, _, x, y = setup()
+    ref = copy.deepcopy(model)
+    logits, energy = ref(x, energy=True)
+    (2 * (F.cross_entropy(logits, y) + 0.3 * energy.mean())).backward()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps the weights: the gradient is what is compared
+    train_step(model, opt, x, y, ctx=OtherRankHoldsTheImages([0, 0, 0, 0, 0, 0]), kinetic=0.3)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_make_optimizer():
     model = NeuralODEModel()
     opt = make_optimizer(model, 0.003)
