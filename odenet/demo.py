@@ -220,9 +220,8 @@ def sketch_array(value) -> Optional[np.ndarray]:
     return a if a.size else None
 
 
-def build_app(pred: Predictor):
-    """The Gradio Blocks page around ``pred``."""
-    import gradio as gr
+def _handlers(pred: Predictor):
+    """The page's three callbacks: a sketch, an upload, a change of solver settings."""
 
     def render(image: Optional[np.ndarray], solver, rtol, atol, step, t_end):
         """-> (model's view, probabilities, status, flow figure, path figure)."""
@@ -265,6 +264,14 @@ def build_app(pred: Predictor):
     def on_settings(image, *settings):
         return render(image, *settings)
 
+    return on_sketch, on_upload, on_settings
+
+
+def build_app(pred: Predictor):
+    """The Gradio Blocks page around ``pred``."""
+    import gradio as gr
+
+    on_sketch, on_upload, on_settings = _handlers(pred)
     with gr.Blocks(title="odenet: watch a digit flow through a neural ODE") as app:
         gr.Markdown("## odenet: draw a digit and watch it flow through the neural ODE\n"
                     "The encoder maps the digit to z(0); the ODE dz/dt = f(z) carries it to z(T); the classifier "

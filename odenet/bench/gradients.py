@@ -31,6 +31,19 @@ def _saved_bytes(fn: Callable[[], torch.Tensor]):
     return out, total[0]
 
 
+def _batch(batch: int, data_dir: Optional[str], device: torch.device):
+    """``batch`` MNIST test images and labels, or random ones where the data is missing (the same code paths)."""
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    try:
+        from ..data import load
+
+        split = load("mnist", data_dir or default_data_dir(), False, torch.device("cpu"), batch, verify=False)
+        x, y = split.x, split.y
+    except OdenetError:
+        pass
+    return x.to(device), y.to(device)
+
+
 def bench_gradients(device: torch.device, t_ends: Sequence[float] = (1, 2, 4, 8),
                     rk4_steps: Sequence[int] = (4, 16, 64, 256), batch: int = 64, reps: int = 3,
                     data_dir: Optional[str] = None, seed: int = 0) -> Dict:
@@ -38,17 +51,8 @@ def bench_gradients(device: torch.device, t_ends: Sequence[float] = (1, 2, 4, 8)
     from ..model import NeuralODEModel
 
     torch.manual_seed(seed)
-    x = torch.randn(batch, 1, 28, 28)
-    y = torch.randint(0, 10, (batch,))
-    try:
-        from ..data import load
-
-        split = load("mnist", data_dir or default_data_dir(), False, torch.device("cpu"), batch, verify=False)
-        x, y = split.x, split.y
-    except OdenetError:
-        pass  # random images still exercise the same code and memory paths
+    x, y = _batch(batch, data_dir, device)
     base = NeuralODEModel()
-    x, y = x.to(device), y.to(device)
 
     def grads(model, xx):
         model.zero_grad(set_to_none=True)

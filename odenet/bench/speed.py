@@ -90,6 +90,37 @@ def _private_copy(data_dir, tmp) -> None:
 PLAIN = ("torchdiffeq, plain (DataLoader, odeint_adjoint)", "torchdiffeq, plain (MNIST as one tensor)")
 
 
+def _interleaved(steppers: Dict, device: torch.device, batches: int, rounds: int, warmup: int):
+    """Each variant's step timed in turn, ``rounds`` times (the first round after ``warmup`` untimed steps)."""
+    times: Dict[str, List[float]] = {k: [] for k in steppers}
+    nfes: Dict[str, List[tuple]] = {k: [] for k in steppers}
+    per_round = max(1, math.ceil(batches / rounds))
+    for r in range(rounds):
+        for k, (step, _) in steppers.items():
+            for i in range(per_round + (warmup if r == 0 else 0)):
+                sync(device)
+                t0 = time.perf_counter()
+                nf, nb = step()
+                sync(device)
+                if r > 0 or i >= warmup:
+                    times[k].append(time.perf_counter() - t0)
+                    nfes[k].append((nf, nb))
+    return times, nfes
+
+
+def _full_epochs(steppers: Dict, device: torch.device) -> Dict[str, float]:
+    """Seconds of one whole epoch (938 batches of 64) of each variant, one after the other."""
+    epoch_s = {}
+    for k, (step, _) in steppers.items():
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(math.ceil(60000 / 64)):
+            step()
+        sync(device)
+        epoch_s[k] = time.perf_counter() - t0
+    return epoch_s
+
+
 def bench_speed(data_dir: str, device: torch.device, batches: int = 60, warmup: int = 5, rounds: int = 3,
                 seed: int = 0, full_epoch: bool = False) -> Dict:
     """ms per training batch of each variant, interleaved in rounds on the same machine; plus inference."""
@@ -106,32 +137,10 @@ def bench_speed(data_dir: str, device: torch.device, batches: int = 60, warmup: 
         "odenet native + seminorm": lambda tmp: _odenet_stepper(device, data_dir, seed, backend="native",
                                                                seminorm=True),
     }
-    times: Dict[str, List[float]] = {k: [] for k in variants}
-    nfes: Dict[str, List[tuple]] = {k: [] for k in variants}
     with tempfile.TemporaryDirectory() as tmp:
-        steppers = {}
-        for k, make in variants.items():
-            steppers[k] = make(tmp)
-        per_round = max(1, math.ceil(batches / rounds))
-        for r in range(rounds):
-            for k, (step, _) in steppers.items():
-                for i in range(per_round + (warmup if r == 0 else 0)):
-                    sync(device)
-                    t0 = time.perf_counter()
-                    nf, nb = step()
-                    sync(device)
-                    if r > 0 or i >= warmup:
-                        times[k].append(time.perf_counter() - t0)
-                        nfes[k].append((nf, nb))
-        epoch_s = {}
-        if full_epoch:
-            for k, (step, _) in steppers.items():
-                sync(device)
-                t0 = time.perf_counter()
-                for _ in range(math.ceil(60000 / 64)):
-                    step()
-                sync(device)
-                epoch_s[k] = time.perf_counter() - t0
+        steppers = {k: make(tmp) for k, make in variants.items()}
+        times, nfes = _interleaved(steppers, device, batches, rounds, warmup)
+        epoch_s = _full_epochs(steppers, device) if full_epoch else {}
     n_batches = math.ceil(60000 / 64)
     rows = []
     for k in variants:
