@@ -1,7 +1,8 @@
 """Mutation score (mutmut) of the solver engine and of the training step, each with the fast tests that cover it.
 
     pip install mutmut
-    python tools/mutation.py ode          # odenet/ode/*: tests/test_ode.py, tests/test_odeint_contract.py
+    python tools/mutation.py ode          # odenet/ode/*: test_ode, test_odeint_contract, test_solver_settings
+    python tools/mutation.py ode-front    # only its front end and settings (frontend.py, settings.py)
     python tools/mutation.py train_step   # train_step in odenet/train.py: tests/test_train_step.py
 
 Works in a scratch copy of the repository's tracked files (nothing here is touched), adds the target's
@@ -22,7 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {
-    "ode": {"only_mutate": ["odenet/ode/*"], "tests": ["tests/test_ode.py", "tests/test_odeint_contract.py"]},
+    "ode": {"only_mutate": ["odenet/ode/*"],
+            "tests": ["tests/test_ode.py", "tests/test_odeint_contract.py", "tests/test_solver_settings.py"]},
+    "ode-front": {"only_mutate": ["odenet/ode/frontend.py", "odenet/ode/settings.py"],
+                  "tests": ["tests/test_ode.py", "tests/test_odeint_contract.py", "tests/test_solver_settings.py"]},
     "train_step": {"only_mutate": ["odenet/train.py"], "tests": ["tests/test_train_step.py"]},
 }
 

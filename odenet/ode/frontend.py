@@ -127,7 +127,7 @@ def odeint_adjoint(func: Callable, y0: State, t: Times, rtol: float = 1e-7, atol
                               "{'norm': 'seminorm'}); use backend='torchdiffeq'")
         seminorm = norm == "seminorm"
     else:
-        seminorm = adj.get("norm") == "seminorm"
+        seminorm = False  # torchdiffeq reads adjoint_options itself
     spec = AdjointSpec(enabled=True, seminorm=seminorm, params=adjoint_params)
     solver = _solver(method, rtol, atol, options, spec, backend, event_fn)
     if solver.engine == "torchdiffeq":
