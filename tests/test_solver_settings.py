@@ -223,6 +223,30 @@ def test_event_fn_reaches_torchdiffeq():
                          rtol=1e-8, atol=1e-10)
     assert event_t.item() == pytest.approx(math.log(2), rel=1e-6) and ys[-1].item() == pytest.approx(0.5, rel=1e-6)
 
+    class Decay(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.k = nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+
+        def forward(self, t, y):
+            return -self.k * y
+
+    event_t, _ = odeint_adjoint(Decay(), y0.clone().requires_grad_(), t0, event_fn=lambda t, y: y[0] - 0.5,
+                                backend="torchdiffeq", rtol=1e-8, atol=1e-10)
+    assert event_t.item() == pytest.approx(math.log(2), rel=1e-6)
+    with pytest.raises(SolverError, match="^event_fn is not supported by the native engine"):
+        odeint(lambda t, y: -y, y0, t0, event_fn=lambda t, y: y[0] - 0.5)  # never ignored
+
+
+def test_options_a_kind_of_method_ignores_are_not_passed_on(recwarn):
+    """torchdiffeq warns about options a solver does not take; odenet passes on only those that apply."""
+    y0 = torch.ones(2, dtype=torch.float64)
+    opts = {"step_size": 0.25, "first_step": 0.1, "max_num_steps": 100}
+    for method in ("rk4", "dopri5"):
+        for backend in ("native", "torchdiffeq"):
+            odeint(lambda t, y: -y, y0, [0.0, 1.0], method=method, options=opts, backend=backend)
+    assert not [w for w in recwarn.list if "nexpected" in str(w.message) or "unused" in str(w.message).lower()]
+
 
 def test_solver_settings_map_onto_their_parts():
     s = Solver.of(method="rk4", step_size=0.2, max_steps=7, adjoint=False, seminorm=True, fused_vjp=False,
