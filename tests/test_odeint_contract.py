@@ -283,7 +283,7 @@ def test_fixed_grid_that_does_not_divide_output_times():
     (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], options={"perturb": True}), "perturb"),
     (lambda: odeint(lambda t, y: y[:1], torch.ones(2), [0.0, 1.0]), "func returned shape"),
     (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], method="magic"), "unknown solver"),
-    (lambda: odeint_adjoint(lambda t, y: y, torch.ones(2, dtype=torch.complex64), [0.0, 1.0], adjoint_params=[nn.Parameter(torch.ones(1))]), "complex states with adjoint"),
+    (lambda: odeint_adjoint(lambda t, y: y, torch.ones(2, dtype=torch.complex64), [0.0, 1.0], adjoint_params=[nn.Parameter(torch.ones(1))]), "complex states with adjoint gradients"),
     (lambda: odeint(lambda t, y: y, torch.ones(2), [0.0, 1.0], options={"max_num_steps": 0}), "max_num_steps"),
 ])
 def test_bad_input_is_one_line_solver_error(call, msg):

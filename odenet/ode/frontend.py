@@ -56,8 +56,8 @@ def integrate(func: Callable, y0: State, t: Times, solver: Solver = Solver(), *,
     spec = solver.adjoint
     params = _params(func, spec)
     if spec.enabled and y0.is_complex():
-        raise SolverError("complex states with adjoint=True are not supported by the native engine; "
-                          "use adjoint=False or backend='torchdiffeq'")
+        raise SolverError("complex states with adjoint gradients are not supported by the native engine; "
+                          "use odeint (backprop through the solver) or backend='torchdiffeq'")
     f = _CastFunc(func, y0)
     ts = [float(x) for x in tt.detach().tolist()]
     reverse = ts[1] < ts[0]
