@@ -9,7 +9,7 @@ from torch import nn
 
 from odenet.errors import SolverError
 from odenet.model import ODEFunc
-from odenet.ode import AdjointSpec, Solver, StepController, integrate, odeint, odeint_adjoint
+from odenet.ode import AdjointSpec, Solver, Stats, StepController, integrate, odeint, odeint_adjoint
 
 
 def small_func(seed=0):
@@ -264,3 +264,44 @@ def test_solver_settings_map_onto_their_parts():
                      (dict(method="magic"), "unknown solver 'magic'")):
         with pytest.raises(SolverError, match=msg):
             Solver.of(**bad)
+
+
+def test_a_single_output_time_and_the_statistics_without_the_adjoint():
+    f = small_func()
+    y0 = torch.randn(3, 6, dtype=torch.float64)
+    sol = integrate(f, y0, [0.5], Solver.of(), energy=True)
+    assert torch.equal(sol.ys, y0[None]) and torch.equal(sol.energy, torch.zeros(3, dtype=torch.float64))
+    assert sol.stats == Stats()
+    for grad in (False, True):  # no adjoint: forward counts only, with or without a graph
+        with torch.set_grad_enabled(grad):
+            s = integrate(f, y0.clone().requires_grad_(grad), [0.0, 1.0],
+                          Solver.of(method="rk4", step_size=0.5, adjoint=False)).stats
+        assert (s.nfe_forward, s.steps_forward, s.nfe_backward) == (8, 2, 0)
+
+
+class RampWithVjp(nn.Module):
+    """dy/dt = k (1 + t) y: time-dependent, so a vjp handed the wrong time shows; its vjp is autograd's."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor(0.6, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return self.k * (1 + t) * y
+
+    def vjp(self, t, z, a, kinetic=None):
+        from odenet.ode.adjoint import autograd_vjp
+
+        return autograd_vjp(self, [self.k])(t, z, a, kinetic)
+
+
+def test_the_energys_gradient_backwards_in_time_through_a_given_vjp():
+    """Decreasing times turn a given vjp around (time and kinetic cotangent): the same gradient as autograd's."""
+    grads = []
+    for fused in (True, False):
+        f = RampWithVjp()
+        y0 = torch.tensor([[1.0, -2.0]], dtype=torch.float64, requires_grad=True)
+        sol = integrate(f, y0, [1.4, 0.2], Solver.of(rtol=1e-10, atol=1e-12, fused_vjp=fused), energy=True)
+        (sol.ys[-1].sum() + 0.3 * sol.energy.sum()).backward()
+        grads.append(torch.cat([y0.grad.reshape(-1), f.k.grad.reshape(1)]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=0)
