@@ -133,17 +133,17 @@ def cmd_train(args) -> int:
         raise lost from None
     finally:
         distributed.shutdown(ctx)
-    if not ctx.is_main:
-        return 0
-    done = f"done: test accuracy after the last epoch {summary['final_test_acc']:.4f}"
-    if "best_epoch" in summary:
-        done += f"; best.pt is epoch {summary['best_epoch']} (validation accuracy {summary['best_val_acc']:.4f})"
-    print(f"{done}; run folder {run}")
-    if cfg.report:
-        from .report import write_report
+    if ctx.is_main:
+        done = f"done: test accuracy after the last epoch {summary['final_test_acc']:.4f}"
+        if "best_epoch" in summary:
+            done += f"; best.pt is epoch {summary['best_epoch']} (validation accuracy {summary['best_val_acc']:.4f})"
+        print(f"{done}; run folder {run}")
+        if cfg.report:
+            from .report import write_report
 
-        out = write_report(run)
-        print(f"report: {out}")
+            print(f"report: {write_report(run)}")
+    if ctx.active:
+        distributed.leave(0)
     return 0
 
 
