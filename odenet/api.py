@@ -104,27 +104,20 @@ def fit(config: Optional[Config] = None, *, resume: Optional[Union[str, Path]] =
     unless ``report=False``. ``resume``: a run folder to continue (``settings`` may change only ``epochs``).
     Progress bars are ``tqdm.auto``'s, so they draw as widgets in notebooks.
     """
-    from .config import load_config_file
     from .report import history_hook, write_report
-    from .train import check_new_run, train
+    from .train import saved_config, train
 
     if resume is not None:
         run = Path(resume)
-        if not (run / "config.yaml").is_file():
-            raise OdenetError(f"{run} is not a resumable run folder (needs config.yaml and checkpoints/last.pt)")
-        cfg = Config.from_dict(load_config_file(str(run / "config.yaml")))
-        unknown = sorted(set(settings) - {"epochs"})
-        if config is not None or unknown:
+        if config is not None or set(settings) - {"epochs"}:
             raise OdenetError("resume continues the run's saved config; only epochs may change")
-        cfg = dataclasses.replace(cfg, **settings)
+        cfg = dataclasses.replace(saved_config(run), **settings)
     else:
         try:
             cfg = dataclasses.replace(config or Config(), **settings)
         except TypeError as e:
             raise OdenetError(f"unknown setting: {str(e).split('argument ')[-1]}") from None
         run = cfg.run_folder()
-        check_new_run(run)
-    cfg.validate()
     summary = train(cfg, run, resume=resume is not None, progress=progress,
                     hooks=[history_hook] if cfg.report else [])
     if cfg.report:

@@ -150,17 +150,16 @@ def cmd_train(args) -> int:
 def _train_run(args):
     """The config and run folder of ``odenet train`` (a new run, or the saved config of ``--resume``)."""
     if args.resume:
+        from .train import saved_config
+
         run = Path(args.resume)
-        cfg_path = run / "config.yaml"
-        if not (run / "checkpoints" / "last.pt").is_file() or not cfg_path.is_file():
-            raise OdenetError(f"{run} is not a resumable run folder (needs config.yaml and checkpoints/last.pt)")
         extra = [flag for flag, key, *_ in TRAIN_FLAGS + TRAIN_SWITCHES
                  if getattr(args, key) is not None and key not in RESUME_MAY_CHANGE]
         if extra or args.config:
             raise OdenetError(f"--resume continues the run's saved config; only --epochs, --device, --data-dir, "
                               f"--no-report, --tensorboard and --no-progress may change "
                               f"(got {', '.join(extra or ['--config'])})")
-        cfg = Config.from_dict(load_config_file(str(cfg_path)))
+        cfg = saved_config(run)
         for key in RESUME_MAY_CHANGE:
             if getattr(args, key) is not None:
                 setattr(cfg, key, getattr(args, key))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import yaml
 
 from . import checkpoint, distributed
-from .config import Config, step_lr
+from .config import Config, load_config_file, step_lr
 from .data import background_value, carve_validation, class_names, load, random_affine
 from .errors import DivergenceError, Interrupted, OdenetError, SolverError
 from .evaluate import run_eval
@@ -373,6 +373,13 @@ def _open_run(run: Path, resume: bool) -> Optional[Dict]:
     check_new_run(run)
     (run / "checkpoints").mkdir(parents=True)
     return None
+
+
+def saved_config(run: Path) -> Config:
+    """The saved config of a resumable run folder (config.yaml and checkpoints/last.pt), or a one-line error."""
+    if not (run / "checkpoints" / "last.pt").is_file() or not (run / "config.yaml").is_file():
+        raise OdenetError(f"{run} is not a resumable run folder (needs config.yaml and checkpoints/last.pt)")
+    return Config.from_dict(load_config_file(str(run / "config.yaml")))
 
 
 def check_new_run(run: Path) -> None:

@@ -110,3 +110,20 @@ def fresh_solver_coefficients():
 
     native._COEFF_CACHE.clear()
     yield
+
+
+def energy_reference():
+    """torchdiffeq's reference for the kinetic energy: ``Augmented(f)`` integrates the tuple state (z, E) with
+    dE/dt = |f(z)|^2 per sample (summed over all but the first axis)."""
+    from torch import nn
+
+    class Augmented(nn.Module):
+        def __init__(self, f):
+            super().__init__()
+            self.f = f
+
+        def forward(self, t, state):
+            dz = self.f(t, state[0])
+            return dz, (dz * dz).flatten(1).sum(1)
+
+    return Augmented

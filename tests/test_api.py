@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 import odenet
-from conftest import needs_data, real_data_dir
+from conftest import energy_reference, needs_data, real_data_dir
 from odenet.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,15 +161,7 @@ def test_the_kinetic_energy_of_a_conv_block_is_a_differentiable_output(adjoint):
     same rk4 grid: its adjoint, or backprop through its solver (float64, to rounding)."""
     import torchdiffeq
 
-    class Augmented(nn.Module):
-        def __init__(self, f):
-            super().__init__()
-            self.f = f
-
-        def forward(self, t, state):
-            dz = self.f(t, state[0])
-            return dz, (dz * dz).sum((1, 2, 3))
-
+    Augmented = energy_reference()
     torch.manual_seed(0)
     f = ConvODEFunc().double()
     z0 = torch.randn(3, 8, 7, 7, dtype=torch.float64)

@@ -7,6 +7,7 @@ import torch
 import torchdiffeq
 from torch import nn
 
+from conftest import energy_reference
 from odenet.errors import SolverError
 from odenet.model import ODEFunc
 from odenet.ode import AdjointSpec, Solver, Stats, StepController, integrate, odeint, odeint_adjoint
@@ -21,16 +22,7 @@ def grads_of(f, z0, loss):
     return torch.cat([z0.grad.reshape(-1)] + [p.grad.reshape(-1) for p in f.parameters()])
 
 
-class Augmented(nn.Module):
-    """[z, E] with dE/dt = |f(z)|^2 per sample: torchdiffeq's reference for the energy output."""
-
-    def __init__(self, f):
-        super().__init__()
-        self.f = f
-
-    def forward(self, t, state):
-        dz = self.f(t, state[0])
-        return dz, (dz * dz).sum(1)
+Augmented = energy_reference()
 
 
 @pytest.mark.parametrize("path", ["fused vjp", "autograd vjp", "backprop"])

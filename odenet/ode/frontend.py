@@ -14,7 +14,7 @@ import torch
 from ..errors import SolverError
 from .adjoint import accepts_kinetic, odeint_adjoint_native
 from .native import Stats, solve
-from .settings import NATIVE_METHODS, AdjointSpec, Solver, StepController
+from .settings import AdjointSpec, Solver, StepController, resolve_backend
 
 State = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 Times = Union[Sequence[float], torch.Tensor]
@@ -115,7 +115,7 @@ def odeint_adjoint(func: Callable, y0: State, t: Times, rtol: float = 1e-7, atol
     method and tolerances: other ``adjoint_rtol/atol/method`` need ``backend="torchdiffeq"``.
     """
     adj = dict(adjoint_options or {})
-    native = backend == "native" and (method or "dopri5") in NATIVE_METHODS
+    native = resolve_backend(method or "dopri5", backend) == "native"
     if native:
         if any(v is not None and v != w for v, w in ((adjoint_rtol, rtol), (adjoint_atol, atol),
                                                      (adjoint_method, method or "dopri5"))):
@@ -313,9 +313,9 @@ def _tuple(func: Callable, y0s: tuple, t: Times, solver: Solver) -> Solution:
         _check_state(y)
     shapes = [y.shape for y in y0s]
     sizes = [y.numel() for y in y0s]
-    if solver.adjoint.enabled and solver.adjoint.params is None:
-        params = list(func.parameters()) if isinstance(func, torch.nn.Module) else []
-        solver = dataclasses.replace(solver, adjoint=dataclasses.replace(solver.adjoint, params=params))
+    if solver.adjoint.enabled:  # the flattened function has none: differentiate func's own
+        solver = dataclasses.replace(solver, adjoint=dataclasses.replace(solver.adjoint,
+                                                                         params=_params(func, solver.adjoint)))
 
     def flat_func(t_, y):
         parts = tuple(p.view(s) for p, s in zip(torch.split(y, sizes), shapes))

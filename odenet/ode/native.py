@@ -158,16 +158,17 @@ class _Count:
     """Counts ``func``'s calls and the loop's accepted and rejected steps into ``stats`` (forward or backward)."""
 
     def __init__(self, func: Callable, stats: Optional[Stats], part: str):
-        self.func, self.stats, self.part = func, stats, part
+        self.func, self.stats = func, stats
+        self.nfe, self.accepted, self.rejected = f"nfe_{part}", f"steps_{part}", f"rejected_{part}"
 
     def __call__(self, t, y):
         if self.stats is not None:
-            setattr(self.stats, "nfe_" + self.part, getattr(self.stats, "nfe_" + self.part) + 1)
+            setattr(self.stats, self.nfe, getattr(self.stats, self.nfe) + 1)
         return self.func(t, y)
 
     def step(self, accepted: bool) -> None:
         if self.stats is not None:
-            name = ("steps_" if accepted else "rejected_") + self.part
+            name = self.accepted if accepted else self.rejected
             setattr(self.stats, name, getattr(self.stats, name) + 1)
 
 
