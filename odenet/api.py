@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -91,6 +92,8 @@ def dataset(name: str = "mnist", train: bool = False, n: Optional[int] = None, d
 
     if name not in DATASETS:
         raise OdenetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
+        raise OdenetError(f"n must be a positive integer (a subset size) or None, got {n!r}")
     split = load_split(name, data_dir or default_data_dir(), train, resolve_device(device), n)
     return split.x, split.y
 
@@ -104,19 +107,24 @@ def fit(config: Optional[Config] = None, *, resume: Optional[Union[str, Path]] =
     unless ``report=False``. ``resume``: a run folder to continue (``settings`` may change only ``epochs``).
     Progress bars are ``tqdm.auto``'s, so they draw as widgets in notebooks.
     """
+    from .config import check_names
+    from .distributed import resolve_device
     from .report import history_hook, write_report
     from .train import saved_config, train
 
     if resume is not None:
         run = Path(resume)
+        check_names(settings)
         if config is not None or set(settings) - {"epochs"}:
             raise OdenetError("resume continues the run's saved config; only epochs may change")
         cfg = dataclasses.replace(saved_config(run), **settings)
     else:
-        try:
-            cfg = dataclasses.replace(config or Config(), **settings)
-        except TypeError as e:
-            raise OdenetError(f"unknown setting: {str(e).split('argument ')[-1]}") from None
+        if config is not None and not isinstance(config, Config):
+            raise OdenetError(f"config must be an odenet.Config, got {type(config).__name__} (a dict of settings: "
+                              "fit(**settings) or Config(**settings))")
+        check_names(settings)
+        cfg = dataclasses.replace(config or Config(), **settings).validate()
+        resolve_device(cfg.device)
         run = cfg.run_folder()
     summary = train(cfg, run, resume=resume is not None, progress=progress,
                     hooks=[history_hook] if cfg.report else [])

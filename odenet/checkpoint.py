@@ -54,7 +54,9 @@ def load_model(path: str, device: torch.device = torch.device("cpu")) -> Tuple[N
     """Rebuild the model of a checkpoint (or run folder) and load its weights."""
     state = load(str(resolve_path(path)))
     try:
-        cfg = Config.from_dict(state["config"])
+        cfg = Config.from_dict(state["config"]).validate()  # before the model is allocated
+        if not isinstance(state.get("epoch"), int) or isinstance(state.get("epoch"), bool):
+            raise OdenetError("no epoch count")
         model = NeuralODEModel.from_config(cfg)
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError, OdenetError) as e:

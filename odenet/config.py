@@ -14,6 +14,9 @@ from .errors import OdenetError
 from .ode.settings import FIXED_METHODS, NATIVE_METHODS
 
 DATASETS = ("mnist", "fashion-mnist")
+# upper bounds on what a setting may ask for, checked before anything is allocated
+_LIMITS = dict(ode_dim=4096, batch_size=60_000, eval_batch_size=60_000, max_steps=10_000_000, epochs=100_000,
+               t_end=1_000.0, val_size=59_000)
 LR_SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("adam", "adamw")
 
@@ -88,6 +91,16 @@ class Config:
         """Raise ``OdenetError`` with a one-line message for any invalid value; return self."""
         from .ode import BACKENDS
 
+        for k in ("lr_schedule", "optimizer", "solver", "backend", "dataset", "device", "out"):
+            if not isinstance(getattr(self, k), str) or not getattr(self, k):
+                raise OdenetError(f"{k.replace('_', '-')} must be a non-empty string, got {getattr(self, k)!r}")
+        for k in ("data_dir", "name"):
+            if getattr(self, k) is not None and (not isinstance(getattr(self, k), str) or not getattr(self, k)):
+                raise OdenetError(f"{k.replace('_', '-')} must be a non-empty string, got {getattr(self, k)!r}")
+        if self.name is not None and (Path(self.name).is_absolute() or Path(self.name).name != self.name
+                                      or self.name in (".", "..")):
+            raise OdenetError(f"name must be a plain folder name inside --out (no '/', '..' or absolute path), "
+                              f"got {self.name!r}")
         positive = dict(batch_size=self.batch_size, epochs=self.epochs, lr=self.lr, t_end=self.t_end,
                         ode_dim=self.ode_dim, rtol=self.rtol, atol=self.atol, step_size=self.step_size,
                         max_steps=self.max_steps, eval_batch_size=self.eval_batch_size,
@@ -109,6 +122,12 @@ class Config:
         for k in ("batch_size", "epochs", "ode_dim", "max_steps", "eval_batch_size", "val_size", "aug_off_epochs"):
             if int(getattr(self, k)) != getattr(self, k):
                 raise OdenetError(f"{k.replace('_', '-')} must be an integer, got {getattr(self, k)!r}")
+            setattr(self, k, int(getattr(self, k)))  # 3.0 from a config file is 3
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
+            raise OdenetError(f"seed must be an integer >= 0, got {self.seed!r}")
+        for k, most in _LIMITS.items():
+            if getattr(self, k) > most:
+                raise OdenetError(f"{k.replace('_', '-')} must be at most {most}, got {getattr(self, k)!r}")
         if self.ema >= 1 or self.label_smoothing >= 1 or self.aug_scale >= 1:
             raise OdenetError("ema, label-smoothing and aug-scale must be below 1")
         if self.optimizer not in OPTIMIZERS:
@@ -146,10 +165,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Config":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise OdenetError(f"unknown config key(s): {', '.join(unknown)}")
+        if not isinstance(d, dict):
+            raise OdenetError(f"a config must be a mapping of settings, got {type(d).__name__}")
+        check_names(d, "config key")
         return cls(**d)
 
     def resolved_data_dir(self, override: Optional[str] = None) -> str:
@@ -166,6 +184,19 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in fields(Config)}
+
+
+def check_names(settings, what: str = "setting") -> None:
+    """Raise ``OdenetError`` naming every unknown setting in ``settings`` with the nearest real name."""
+    import difflib
+
+    unknown = sorted(str(k) for k in settings if k not in _FIELDS)
+    if unknown:
+        hints = []
+        for k in unknown:
+            near = difflib.get_close_matches(k.replace("-", "_"), list(_FIELDS), n=1, cutoff=0.6)
+            hints.append(f"{k} (did you mean {near[0]}?)" if near else k)
+        raise OdenetError(f"unknown {what}(s): {', '.join(hints)}")
 
 
 def load_config_file(path: str) -> Dict[str, Any]:

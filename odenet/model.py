@@ -5,8 +5,10 @@ are one module registered twice, so its parameters count once.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from contextlib import contextmanager
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -16,8 +18,35 @@ from .errors import OdenetError
 from .ode import Solver, Stats, integrate
 
 
+def _plain(modules) -> bool:
+    """No hooks, parametrizations or per-instance ``forward`` on any of ``modules``, and no global module hooks:
+    calling each one runs exactly its class's ``forward``."""
+    from torch.nn.modules import module as _m
+    from torch.nn.utils import parametrize
+
+    if any(getattr(_m, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                                                  "_global_backward_hooks", "_global_backward_pre_hooks")):
+        return False
+    for m in modules:
+        if (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None)
+                or "forward" in m.__dict__ or parametrize.is_parametrized(m)):
+            return False
+    return True
+
+
+def _plain_tensor(x) -> bool:
+    """A dense floating-point ``Parameter`` or tensor, no subclass (no ``__torch_function__`` of its own)."""
+    return (type(x) in (nn.Parameter, torch.Tensor) and x.is_floating_point() and x.layout == torch.strided
+            and not x.is_quantized)
+
+
 class ODEFunc(nn.Module):
-    """f_theta: the 64-128-128-128-64 MLP. Counts its evaluations in ``nfe`` (reset it yourself)."""
+    """f_theta: the 64-128-128-128-64 MLP. Counts its evaluations in ``nfe`` (reset it yourself).
+
+    Besides ``forward`` it has hand-written fast paths (a graph-free forward and a fused ``vjp``) that the engine
+    uses only while ``fast_paths()`` finds the module exactly as written here: change anything (layers,
+    activations, hooks, parametrizations, quantization, a subclass's ``forward``) and autograd runs instead.
+    """
 
     def __init__(self, dim: int = 64, hidden: int = 128):
         super().__init__()
@@ -29,14 +58,43 @@ class ODEFunc(nn.Module):
         )
         self.nfe = 0
 
-    def _linears(self) -> List[nn.Linear]:
-        return [m for m in self.net if isinstance(m, nn.Linear)]  # Linear, ReLU, ..., Linear
-
     def forward(self, t, z: torch.Tensor) -> torch.Tensor:
         """dz/dt for ``z`` of shape ``(B, dim)``; autonomous, ``t`` is unused."""
         self.nfe += 1
-        if torch.is_grad_enabled():
-            return self.net(z)
+        return self.net(z)
+
+    def fast_paths(self) -> Optional[Tuple[Callable, Callable]]:
+        """``(forward, vjp)``: the hand-written paths, when they provably compute this module's function, else None.
+
+        They do when the class is ``ODEFunc`` itself (or a subclass that overrides none of its methods), ``net`` is
+        a ``Sequential`` of exactly ``Linear`` (with bias) and ``ReLU`` layers in turn, and no module involved has
+        hooks, parametrizations (``spectral_norm``, ``weight_norm``), an instance ``forward`` or non-plain weights
+        (quantized, tensor subclasses). Checked once per solve by the engine.
+        """
+        cls = type(self)
+        if any(getattr(cls, k) is not getattr(ODEFunc, k) for k in ("forward", "vjp", "fast_paths", "_fast_forward",
+                                                                    "_fused_vjp", "__call__")):
+            return None
+        if any(k in self.__dict__ for k in ("vjp", "fast_paths", "_fast_forward", "_fused_vjp")):
+            return None  # replaced on this instance
+        net = self._modules.get("net")
+        if type(net) is not nn.Sequential or len(net) % 2 != 1 or not _plain((self, net, *net)):
+            return None
+        for i, m in enumerate(net):
+            if type(m) is not (nn.ReLU if i % 2 else nn.Linear):
+                return None
+            if not i % 2 and not (_plain_tensor(m.weight) and m.bias is not None and _plain_tensor(m.bias)):
+                return None
+        return self._fast_forward, self._fused_vjp
+
+    def _linears(self) -> List[nn.Linear]:
+        return [m for m in self.net if isinstance(m, nn.Linear)]  # Linear, ReLU, ..., Linear
+
+    def _fast_forward(self, t, z: torch.Tensor) -> torch.Tensor:
+        """``forward`` without module calls or a graph when autograd is off (only valid under ``fast_paths()``)."""
+        if torch.is_grad_enabled() or z.dim() != 2:
+            return self(t, z)
+        self.nfe += 1
         return self._mlp(z, self._linears())
 
     @staticmethod
@@ -51,15 +109,27 @@ class ODEFunc(nn.Module):
             h = torch.addmm(m.bias, h, m.weight.t())
         return h
 
-    @torch.no_grad()
     def vjp(self, t, z: torch.Tensor, a: torch.Tensor,
             kinetic: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(f(z), a df/dz, a df/dtheta flattened in parameters() order)`` with a hand-written backward.
+        """``(f(z), a df/dz, a df/dtheta flattened in parameters() order)``: the hand-written backward when
+        ``fast_paths()`` allows it, else autograd. ``kinetic`` (per-sample weights ``c``, shape ``(B, 1)``) makes
+        the cotangent ``a + 2 c f(z)``: the adjoint of the running cost ``c |f(z)|^2`` (the kinetic energy's
+        gradient). Counts one evaluation."""
+        if self.fast_paths() is None:
+            from .ode.adjoint import autograd_vjp
 
-        Same numbers as autograd (tested) without building a graph: the adjoint pass calls this at every
-        stage. Counts one evaluation. ``kinetic`` (per-sample weights ``c``, shape ``(B, 1)``) makes the cotangent
-        ``a + 2 c f(z)``: the adjoint of the running cost ``c |f(z)|^2`` (the kinetic energy's gradient).
-        """
+            return autograd_vjp(self, [p for p in self.parameters()])(t, z, a, kinetic)
+        return self._fused_vjp(t, z, a, kinetic)
+
+    @torch.no_grad()
+    def _fused_vjp(self, t, z: torch.Tensor, a: torch.Tensor,
+                   kinetic: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``vjp`` by hand: the same numbers as autograd (tested) without building a graph; the adjoint pass calls
+        it at every stage (only valid under ``fast_paths()``); states other than ``(B, dim)`` take autograd."""
+        if z.dim() != 2:
+            from .ode.adjoint import autograd_vjp
+
+            return autograd_vjp(self, [p for p in self.parameters()])(t, z, a, kinetic)
         self.nfe += 1
         linears = self._linears()
         inputs: List[torch.Tensor] = []
@@ -82,54 +152,143 @@ class ODEFunc(nn.Module):
         return h, g, flat
 
 
+def _check_solver(solver, where: str) -> Solver:
+    """``solver`` if it is a ``Solver`` a block can run, else a one-line ``OdenetError``.
+
+    The one rule for fixed-step methods in a block: a block solves over ``[0, t_end]`` (and its trajectory over
+    the times asked for), so without ``step_size`` a fixed-step method would take a single step; it needs one.
+    (``odeint``/``integrate`` keep torchdiffeq's rule: without a step they step on the output times.)
+    """
+    if not isinstance(solver, Solver):
+        raise OdenetError(f"{where}: solver must be an odenet.Solver (e.g. odenet.Solver.of(method='rk4', "
+                          f"step_size=0.1)), got {type(solver).__name__}")
+    if not solver.adaptive and solver.controller.step_size is None:
+        raise OdenetError(f"{where}: the fixed-step method {solver.method!r} needs a step_size (e.g. step_size=0.1); "
+                          "without one it would take a single step over [0, T]")
+    return solver
+
+
+def _check_time(t_end, where: str):
+    """``t_end``: a finite nonzero number, 0-d tensor or ``nn.Parameter`` (a learned end time keeps its gradient)."""
+    if isinstance(t_end, torch.Tensor):
+        if t_end.numel() != 1 or not t_end.is_floating_point():
+            raise OdenetError(f"{where}: t_end must be a number or a one-element floating-point tensor, "
+                              f"got {t_end.dtype} {tuple(t_end.shape)}")
+        v = float(t_end.detach())
+    elif isinstance(t_end, numbers.Real) and not isinstance(t_end, bool):
+        t_end = v = float(t_end)
+    else:
+        raise OdenetError(f"{where}: t_end must be a number, got {type(t_end).__name__}")
+    if not math.isfinite(v) or v == 0:
+        raise OdenetError(f"{where}: t_end must be a finite nonzero number, got {v!r}")
+    return t_end
+
+
+_NO_SCRIPT = ("torch.jit.script cannot compile odenet's ODE solver (Python control flow over the steps); use "
+              "torch.jit.trace or torch.onnx.export with a fixed-step solver (method='rk4', step_size=...)")
+
+
+def _recording() -> bool:
+    """Whether torch is tracing or exporting this call (a graph is being recorded, not values computed)."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(torch.jit.is_tracing() or (compiler is not None and (
+        getattr(compiler, "is_exporting", lambda: False)() or getattr(compiler, "is_compiling", lambda: False)())))
+
+
 class ODEBlock(nn.Module):
     """Integrates ``odefunc`` from 0 to ``t_end`` under ``solver`` (an ``odenet.ode.Solver``; not printed).
 
-    ``solver`` None: the seed's (dopri5, rtol 1e-3, atol 1e-4, adjoint; ``Config().ode_solver()``).
+    ``odefunc``: an ``nn.Module`` ``f(t, z)`` (its parameters are the block's and the adjoint differentiates
+    them); ``t_end``: a number, or an ``nn.Parameter`` to learn the end time (its gradient comes on every path).
+    ``solver`` None: the seed's (dopri5, rtol 1e-3, atol 1e-4, adjoint; ``Config().ode_solver()``); a fixed-step
+    method needs a ``step_size``.
     """
 
     def __init__(self, odefunc: nn.Module, t_end: float = 1.0, solver: Optional[Solver] = None):
         super().__init__()
+        if not isinstance(odefunc, nn.Module):
+            raise OdenetError(f"ODEBlock: odefunc must be a torch.nn.Module so that its parameters train (got "
+                              f"{type(odefunc).__name__}); wrap a function's layers in a Module")
         self.odefunc = odefunc
-        self.t_end = t_end
-        self.solver = solver if solver is not None else Config().ode_solver()
+        self.t_end = _check_time(t_end, "ODEBlock")
+        self.solver = _check_solver(solver if solver is not None else Config().ode_solver(), "ODEBlock")
         self.stats: Optional[Stats] = None  # of the last solve (native engine); backward counts after backward()
+        self._t_override: Optional[float] = None
+
+    @property
+    def end_time(self):
+        """The end time in use: ``t_end``, or the one a ``settings(t_end=...)`` block set."""
+        return self.t_end if self._t_override is None else self._t_override
 
     @contextmanager
     def settings(self, t_end: Optional[float] = None, **flat):
         """Temporarily change ``t_end`` or solver settings: ``with block.settings(method="rk4", step_size=0.05):``."""
-        old = self.t_end, self.solver
-        self.solver = self.solver.replace(**flat)
-        self.t_end = old[0] if t_end is None else t_end
+        old = self._t_override, self.solver
+        self.solver = _check_solver(self.solver.replace(**flat), "ODEBlock.settings")
+        self._t_override = old[0] if t_end is None else _check_time(t_end, "ODEBlock.settings")
         try:
             yield self
         finally:
-            self.t_end, self.solver = old
+            self._t_override, self.solver = old
+
+    def __prepare_scriptable__(self):
+        raise OdenetError(_NO_SCRIPT)
 
     def forward(self, z0: torch.Tensor, energy: bool = False):
         """z(T) for z(0) = ``z0`` (any shape ``(B, ...)``, e.g. a feature map ``(B, C, H, W)``), same shape; with
         ``energy`` also the kinetic energy ``integral_0^T |f(z_b(t))|^2 dt`` per sample ``(B,)``, differentiable."""
-        sol = integrate(self.odefunc, z0, [0.0, self.t_end], self.solver, energy=energy)
+        if _recording() and self.solver.adaptive:
+            raise OdenetError(f"an adaptive solve ({self.solver.method}) cannot be traced or exported: its number of "
+                              "steps depends on the input; trace a fixed-step solver instead, e.g. inside "
+                              "model.odeblock.settings(method='rk4', step_size=0.1)")
+        sol = integrate(self.odefunc, z0, [0.0, self.end_time], _check_solver(self.solver, "ODEBlock"), energy=energy)
         self.stats = sol.stats
         return (sol.ys[-1], sol.energy) if energy else sol.ys[-1]
 
     def trajectory(self, z0: torch.Tensor, ts: Sequence[float], **flat) -> torch.Tensor:
-        """z at each time of ``ts`` (starting at 0): ``(len(ts), *z0.shape)``, by dense output (the NFE of one
-        solve); keyword args override solver settings."""
-        sol = integrate(self.odefunc, z0, ts, self.solver.replace(**flat) if flat else self.solver)
+        """z at each time of ``ts`` for z(0) = ``z0``: ``(len(ts), *z0.shape)``, by dense output (the NFE of one
+        solve). ``ts`` strictly monotone, all on one side of 0 (0 itself may come first); keyword args override
+        solver settings."""
+        solver = _check_solver(self.solver.replace(**flat) if flat else self.solver, "ODEBlock.trajectory")
+        if isinstance(ts, torch.Tensor):
+            ts = ts.detach().reshape(-1).tolist()
+        try:
+            ts = [float(v) for v in ts]
+        except (TypeError, ValueError):
+            raise OdenetError("trajectory: times must be a sequence of numbers") from None
+        if not ts:
+            raise OdenetError("trajectory: give at least one time")
+        late = ts[0] != 0.0  # the flow starts at z(0): solve from 0, drop that point
+        full = [0.0] + ts if late else ts
+        if len(full) > 1 and not all((b - a) * (full[1] - full[0]) > 0 for a, b in zip(full[:-1], full[1:])):
+            raise OdenetError(f"trajectory: times must run strictly monotonically away from 0 (z0 is z(0)), got {ts}")
+        sol = integrate(self.odefunc, z0, full, solver)
         self.stats = sol.stats
-        return sol.ys
+        return sol.ys[1:] if late else sol.ys
 
 
-def _images(x: torch.Tensor) -> torch.Tensor:
-    """A batch ``(B, 1, 28, 28)`` from images ``(B, 1, 28, 28)``, ``(B, 28, 28)`` or one ``(28, 28)``."""
+def _images(x: torch.Tensor, like: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A batch ``(B, 1, 28, 28)`` from images ``(B, 1, 28, 28)``, ``(B, 28, 28)`` or one ``(28, 28)``, cast to
+    ``like``'s dtype and device (float64 or float16 input works with a float32 model)."""
     if not isinstance(x, torch.Tensor):
         raise OdenetError(f"images must be a tensor (see odenet.preprocess), got {type(x).__name__}")
     x = x.reshape(1, 1, *x.shape) if x.dim() == 2 else x.unsqueeze(1) if x.dim() == 3 else x
-    if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28) or not x.is_floating_point():
-        raise OdenetError(f"images must be floating-point (B, 1, 28, 28) as odenet.preprocess returns them, "
-                          f"got {x.dtype} {tuple(x.shape)}")
+    if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28) or not x.is_floating_point() or x.shape[0] == 0:
+        raise OdenetError(f"images must be a non-empty floating-point batch (B, 1, 28, 28) as odenet.preprocess "
+                          f"returns them, got {x.dtype} {tuple(x.shape)}")
+    if like is not None and (x.dtype != like.dtype or x.device != like.device):
+        x = x.to(like.device, like.dtype)
     return x
+
+
+_SEED_ENCODER = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear, nn.ReLU,
+                 nn.Linear, nn.Tanh)
+
+
+def _positive_int(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise OdenetError(f"NeuralODEModel: {name} must be a positive integer, got {v!r}")
+    return int(v)
 
 
 class NeuralODEModel(nn.Module):
@@ -139,6 +298,12 @@ class NeuralODEModel(nn.Module):
                  **settings):
         """``solver`` (None: the seed's), changed by flat ``settings`` such as ``method="rk4", step_size=0.25``."""
         super().__init__()
+        dim, num_classes = _positive_int(dim, "dim"), _positive_int(num_classes, "num_classes")
+        if dim > 65536:
+            raise OdenetError(f"NeuralODEModel: dim {dim} is too large (at most 65536)")
+        t_end = _check_time(t_end, "NeuralODEModel")
+        if solver is not None and not isinstance(solver, Solver):
+            _check_solver(solver, "NeuralODEModel")
         self.encoder = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -159,41 +324,57 @@ class NeuralODEModel(nn.Module):
     def forward(self, x: torch.Tensor, energy: bool = False):
         """Logits ``(B, 10)`` for images ``(B, 1, 28, 28)``; with ``energy`` also the flow's kinetic energy
         ``integral_0^T |f(z(t))|^2 dt`` per image ``(B,)``, differentiable (its gradient from the adjoint pass)."""
+        x = _images(x, self._like())
         if energy:
             zT, e = self.odeblock(self.encode(x), energy=True)
             return self.classifier(zT), e
         return self.classifier(self.odeblock(self.encode(x)))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """z(0) = encoder(x): ``(B, 1, 28, 28) -> (B, dim)``."""
-        return self.encode_stages(x)[2]
-
     def encode_stages(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The encoder's conv maps ``(B, 32, 7, 7)``, its hidden layer ``(B, 128)`` and z(0) ``(B, dim)``.
 
-        Runs the encoder's layers with each ReLU after its max-pool instead of before: max-pooling commutes
-        with ReLU (both are monotone), so values and gradients are the encoder's exactly, and the ReLUs
-        touch 4x fewer elements (docs/performance.md).
+        The seed's encoder, unmodified, runs with each ReLU after its max-pool instead of before: max-pooling
+        commutes with ReLU (both are monotone), so values and gradients are the encoder's exactly, and the ReLUs
+        touch 4x fewer elements (docs/performance.md). A changed encoder (other layers, hooks, parametrizations)
+        runs its layers in order; one with another layout has no stages (``encode`` still works).
         """
-        conv1, relu1, pool1, conv2, relu2, pool2, flatten, linear1, relu3, linear2, tanh = self.encoder
-        h = relu1(pool1(conv1(x.contiguous(memory_format=torch.channels_last))))
-        maps = relu2(pool2(conv2(h)))
-        hidden = relu3(linear1(flatten(maps)))
-        return maps, hidden, tanh(linear2(hidden))
+        enc = self.encoder
+        if tuple(type(m) for m in enc) == _SEED_ENCODER and type(enc) is nn.Sequential and _plain((enc, *enc)):
+            conv1, relu1, pool1, conv2, relu2, pool2, flatten, linear1, relu3, linear2, tanh = enc
+            h = relu1(pool1(conv1(x.contiguous(memory_format=torch.channels_last))))
+            maps = relu2(pool2(conv2(h)))
+            hidden = relu3(linear1(flatten(maps)))
+            return maps, hidden, tanh(linear2(hidden))
+        if not isinstance(enc, nn.Sequential) or len(enc) != len(_SEED_ENCODER):
+            raise OdenetError("encode_stages needs the seed's 11-layer encoder; this model's encoder differs "
+                              "(use encode)")
+        outs, h = [], x
+        for m in enc:
+            h = m(h)
+            outs.append(h)
+        return outs[5], outs[8], outs[10]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """z(0) = encoder(x): ``(B, 1, 28, 28) -> (B, dim)``."""
+        enc = self.encoder
+        if isinstance(enc, nn.Sequential) and len(enc) == len(_SEED_ENCODER):
+            return self.encode_stages(x)[2]
+        return enc(x)
+
+    def _like(self) -> Optional[torch.Tensor]:
+        """A floating-point parameter: inputs are cast to its dtype and device."""
+        return next((p for p in self.parameters() if p.is_floating_point()), None)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(B, classes)`` of images ``x`` as ``odenet.preprocess`` returns them
         ``(B, 1, 28, 28)``."""
-        return torch.softmax(self(_images(x)), -1)
+        return torch.softmax(self(x), -1)
 
     @torch.no_grad()
     def trajectory(self, x: torch.Tensor, t: Sequence[float]) -> torch.Tensor:
         """The latent path z(t) of images ``x`` at the times ``t`` (from 0): ``(len(t), B, dim)``, by dense output."""
-        ts = [float(v) for v in (t.tolist() if isinstance(t, torch.Tensor) else t)]
-        late = not ts or ts[0] != 0.0  # the flow starts at z(0): solve from 0, drop that point
-        zs = self.odeblock.trajectory(self.encode(_images(x)), [0.0] + ts if late else ts)
-        return zs[1:] if late else zs
+        return self.odeblock.trajectory(self.encode(_images(x, self._like())), t)
 
     @torch.no_grad()
     def decision(self, x: torch.Tensor, t: Sequence[float]) -> torch.Tensor:

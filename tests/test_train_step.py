@@ -148,10 +148,28 @@ def test_kinetic_is_refused_where_the_energy_cannot_be_computed():
 def test_a_vjp_without_the_kinetic_cotangent_is_refused(monkeypatch):
     """A func.vjp that cannot take the kinetic cotangent would drop the term's gradient: refused, not run."""
     model, opt, x, y = setup()
-    real = model.odefunc.vjp
-    monkeypatch.setattr(model.odefunc, "vjp", lambda t, z, a: real(t, z, a))
+
+    class OwnVjp(torch.nn.Module):  # a func with its own vjp that has no kinetic parameter
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, t, z):
+            return self.inner(t, z)
+
+        def vjp(self, t, z, a):
+            return self.inner.vjp(t, z, a)
+
+    model.odeblock.odefunc = OwnVjp(model.odefunc)
     with pytest.raises(OdenetError, match="must take kinetic"):
         train_step(model, opt, x, y, kinetic=0.1)
+    # the same replacement on an ODEFunc instance is not trusted as a fast path: autograd runs, nothing is lost
+    model.odeblock.odefunc = model.odefunc
+    real = model.odefunc.vjp
+    monkeypatch.setattr(model.odefunc, "vjp", lambda t, z, a: real(t, z, a))
+    assert model.odefunc.fast_paths() is None
+    train_step(model, opt, x, y, kinetic=0.1)
+    assert model.stats.vjp == "autograd"
 
 
 class OtherRankHoldsTheImages(distributed.Context):

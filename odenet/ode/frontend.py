@@ -58,22 +58,28 @@ def integrate(func: Callable, y0: State, t: Times, solver: Solver = Solver(), *,
     if spec.enabled and y0.is_complex():
         raise SolverError("complex states with adjoint gradients are not supported by the native engine; "
                           "use odeint (backprop through the solver) or backend='torchdiffeq'")
-    f = _CastFunc(func, y0)
+    fast = _fast_paths(func)
+    t_grad = tt.requires_grad and torch.is_grad_enabled()
+    stats = Stats()
+    adjoint = spec.enabled and torch.is_grad_enabled() and (y0.requires_grad or t_grad or bool(params))
+    # the hand-written forward serves only where autograd is off during the solve (it checks that per call too)
+    f = _CastFunc(fast[0] if fast is not None and (adjoint or not torch.is_grad_enabled()) else func, y0)
+    stats.fast_forward = f.func is not func
     ts = [float(x) for x in tt.detach().tolist()]
     reverse = ts[1] < ts[0]
     core_f = _ReversedFunc(f) if reverse else f
     core_ts = [-x for x in ts] if reverse else ts
-    t_grad = tt.requires_grad and torch.is_grad_enabled()
-    stats = Stats()
     y_start = _StartTime.apply(y0, tt[0], f) if t_grad else y0
-    if spec.enabled and torch.is_grad_enabled() and (y_start.requires_grad or params):
-        vjp = _fused_vjp(func, spec, params, energy)
+    if adjoint:
+        vjp = _fused_vjp(func, fast, spec, params, energy)
+        stats.vjp = "fused" if vjp is not None else "autograd"
         core_vjp = vjp if not reverse or vjp is None else _reversed_vjp(vjp)
         out = odeint_adjoint_native(core_f, y_start, core_ts, solver.tableau, solver.controller, params,
                                     vjp=core_vjp, seminorm=spec.seminorm, t_dtype=tt.dtype, energy=energy,
                                     stats=stats)
         ys, e = out if energy else (out, None)
     else:
+        stats.vjp = "backprop" if torch.is_grad_enabled() and not spec.enabled else ""
         ys, e = solve(core_f, y_start, core_ts, solver.tableau, solver.controller, t_dtype=tt.dtype, energy=energy,
                       stats=stats)
         ys = torch.stack(ys)
@@ -114,6 +120,8 @@ def odeint_adjoint(func: Callable, y0: State, t: Times, rtol: float = 1e-7, atol
     the native adjoint calls it instead of autograd. The native engine solves backward with the forward's
     method and tolerances: other ``adjoint_rtol/atol/method`` need ``backend="torchdiffeq"``.
     """
+    if adjoint_params is None and not isinstance(func, torch.nn.Module):
+        raise SolverError(_NO_PARAMS)  # torchdiffeq's rule, on either backend
     adj = dict(adjoint_options or {})
     native = resolve_backend(method or "dopri5", backend) == "native"
     if native:
@@ -137,6 +145,8 @@ def odeint_adjoint(func: Callable, y0: State, t: Times, rtol: float = 1e-7, atol
     return integrate(func, y0, t, solver).ys
 
 
+_NO_PARAMS = ("under the adjoint a func that is not a torch.nn.Module needs its tensors given as adjoint_params "
+              "(() if it has none), or they get no gradient; or make func a Module")
 _NATIVE_OPTIONS = {"step_size": "step_size", "first_step": "first_step", "max_num_steps": "max_steps"}
 
 
@@ -168,21 +178,54 @@ def _solver(method, rtol, atol, options, spec: AdjointSpec, backend: str, event_
 
 
 def _params(func: Callable, spec: AdjointSpec) -> list:
-    """The tensors the adjoint differentiates: ``spec.params`` or ``func``'s parameters, those requiring grad."""
+    """The tensors the adjoint differentiates: ``spec.params`` or ``func``'s parameters, those requiring grad.
+
+    torchdiffeq's rule: a ``func`` that is not an ``nn.Module`` has no parameters to find, so under the adjoint it
+    needs them given (``adjoint_params``, ``()`` for none) or a closure's tensors would silently get no gradient.
+    """
     given = spec.params
     if given is None:
-        given = list(func.parameters()) if isinstance(func, torch.nn.Module) else []
-    return [p for p in given if isinstance(p, torch.Tensor) and p.requires_grad]
+        if not isinstance(func, torch.nn.Module):
+            if spec.enabled and torch.is_grad_enabled():
+                raise SolverError(_NO_PARAMS)
+            return []
+        given = list(func.parameters())
+    bad = [type(p).__name__ for p in given if not isinstance(p, torch.Tensor)]
+    if bad:
+        raise SolverError(f"adjoint_params must be tensors, got {bad[0]}")
+    return [p for p in given if p.requires_grad]
 
 
-def _fused_vjp(func: Callable, spec: AdjointSpec, params: list, energy: bool):
-    """``func.vjp`` when the spec allows it and it returns exactly ``params``' gradients; else None (autograd).
+def _fast_paths(func: Callable):
+    """``func.fast_paths()``: a ``(forward, vjp)`` pair it vouches for in this solve, or None."""
+    fp = getattr(func, "fast_paths", None)
+    return fp() if callable(fp) else None
 
-    The fused vjp returns every parameter's gradient: usable only when ``params`` are ``func.parameters()``, all
-    trainable. With ``energy`` it must take the kinetic cotangent, or the energy's gradient would be lost.
+
+def _defines_after(cls: type, name: str, other: str) -> bool:
+    """Whether ``cls``'s ``name`` comes from the class that defines its ``other`` or from a subclass of it."""
+    owner = next((c for c in cls.__mro__ if name in c.__dict__), None)
+    other_owner = next((c for c in cls.__mro__ if other in c.__dict__), None)
+    return owner is not None and other_owner is not None and issubclass(owner, other_owner)
+
+
+def _fused_vjp(func: Callable, fast, spec: AdjointSpec, params: list, energy: bool):
+    """The vjp to call instead of autograd, or None (autograd).
+
+    ``fast`` (from ``func.fast_paths()``) when ``func`` offers fast paths; else ``func.vjp`` when ``func`` is a
+    Module whose ``vjp`` is defined where its ``forward`` is or below (a subclass that overrides ``forward`` does
+    not inherit a ``vjp`` written for another function). Either returns every parameter's gradient: usable only
+    when ``params`` are ``func.parameters()``, all trainable. With ``energy`` it must take the kinetic cotangent.
     """
-    vjp = getattr(func, "vjp", None)
-    if not (spec.fused_vjp and callable(vjp) and isinstance(func, torch.nn.Module)):
+    if not spec.fused_vjp or not isinstance(func, torch.nn.Module):
+        return None
+    if callable(getattr(func, "fast_paths", None)):
+        vjp = fast[1] if fast is not None else None
+    else:
+        vjp = getattr(func, "vjp", None)
+        if not callable(vjp) or not _defines_after(type(func), "vjp", "forward"):
+            return None
+    if vjp is None:
         return None
     own = list(func.parameters())
     if len(own) != len(params) or any(p is not q for p, q in zip(own, params)):
@@ -208,8 +251,13 @@ def _check_times(t, y0: torch.Tensor) -> torch.Tensor:
             raise SolverError(f"t must be a floating-point tensor, got {tt.dtype}")
     else:
         try:
-            tt = torch.tensor([float(x) for x in t], dtype=torch.float64)
-        except (TypeError, ValueError):
+            items = list(t)
+            if any(isinstance(x, torch.Tensor) and x.requires_grad for x in items):  # keep a learned time's graph
+                tt = torch.stack([x.reshape(()).to(torch.float64) if isinstance(x, torch.Tensor)
+                                  else torch.tensor(float(x), dtype=torch.float64) for x in items]).to(y0.device)
+            else:
+                tt = torch.tensor([float(x) for x in items], dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
             raise SolverError("t must be a 1-D tensor or sequence of numbers") from None
     if tt.dim() != 1 or len(tt) == 0:
         raise SolverError(f"t must be one-dimensional and non-empty, got shape {tuple(tt.shape)}")
@@ -350,8 +398,8 @@ def _torchdiffeq(func: Callable, y0: State, t: Times, solver: Solver, tol: Optio
         kw["event_fn"] = event_fn
     try:
         if spec.enabled:
-            if not isinstance(func, torch.nn.Module):
-                raise SolverError("the torchdiffeq adjoint needs func to be a torch.nn.Module")
+            if spec.params is None and not isinstance(func, torch.nn.Module):
+                raise SolverError(_NO_PARAMS)
             extra = {k: v for k, v in (adjoint_kw or {}).items() if v is not None}
             if spec.seminorm and "adjoint_options" not in extra:
                 extra["adjoint_options"] = {"norm": "seminorm"}

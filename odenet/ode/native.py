@@ -152,6 +152,8 @@ class Stats:
     nfe_backward: int = 0
     steps_backward: int = 0
     rejected_backward: int = 0
+    fast_forward: bool = False  # the func's own hand-written forward ran (``fast_paths()``), not its module call
+    vjp: str = ""  # how gradients come: "fused" (the func's vjp), "autograd" (the adjoint's), "backprop", "" none
 
 
 class _Count:
@@ -236,11 +238,12 @@ def solve(func: Callable, y0: torch.Tensor, ts: Sequence[float], tab: Tableau, c
 def _fixed(func, f, y0, ts, tab, co, controller, lead, clock, t_dtype, e) -> List[torch.Tensor]:
     """The fixed-grid loop: one step per grid interval, outputs between grid points by linear interpolation."""
     out, y, j = [y0], y0, 1
-    grid = controller.grid(ts, t_dtype)
-    if controller.max_steps is not None and len(grid) - 1 > controller.max_steps:
-        raise SolverError(f"solver {tab.name}: a grid of {len(grid) - 1} steps exceeds max_steps "
-                          f"({controller.max_steps}); use a larger step size")
-    for t0, t1 in zip(grid[:-1], grid[1:]):
+    try:
+        grid = controller.grid(ts, t_dtype)
+    except SolverError as err:
+        raise SolverError(f"solver {tab.name}: {err}") from None
+    t0 = next(grid)
+    for t1 in grid:
         if not t1 > t0:
             continue  # a zero-length last step left by rounding in the grid
         y1, ks = rk_step(func, tab, co, t0, y, t1 - t0, f(clock(t0), y), lead, clock)
@@ -249,7 +252,7 @@ def _fixed(func, f, y0, ts, tab, co, controller, lead, clock, t_dtype, e) -> Lis
         while j < len(ts) and t1 >= ts[j]:
             out.append(y1 if ts[j] == t1 else y + ((ts[j] - t0) / (t1 - t0)) * (y1 - y))
             j += 1
-        y = y1
+        y, t0 = y1, t1
     return out
 
 

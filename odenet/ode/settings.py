@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
 
@@ -32,6 +33,22 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 def _finite_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _number(name: str, v):
+    """``v`` as a Python number: numpy scalars and one-element tensors without gradient are numbers too."""
+    if isinstance(v, torch.Tensor):
+        if v.requires_grad:
+            raise SolverError(f"{name} cannot require gradient")
+        if v.numel() != 1 or v.is_complex():
+            raise SolverError(f"{name} must be a scalar for the native engine (per-component tolerances: "
+                              "backend='torchdiffeq')")
+        return v.item()
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        return float(v)
+    return v
 
 
 def _positive(name: str, v) -> None:
@@ -59,23 +76,29 @@ class StepController:
     norm: Optional[Norm] = None
 
     def __post_init__(self) -> None:
+        for name in ("rtol", "atol", "step_size", "first_step", "max_steps"):
+            object.__setattr__(self, name, _number(name, getattr(self, name)))
         for name in ("rtol", "atol"):
             v = getattr(self, name)
-            if isinstance(v, torch.Tensor):
-                if v.requires_grad:
-                    raise SolverError(f"{name} cannot require gradient")
-                if v.numel() != 1:
-                    raise SolverError(f"{name} must be a scalar for the native engine (per-component tolerances: "
-                                      "backend='torchdiffeq')")
-                object.__setattr__(self, name, float(v))
-                v = getattr(self, name)
             if not _finite_number(v) or v < 0:
                 raise SolverError(f"{name} must be a finite number >= 0, got {v!r}")
         _positive("step_size", self.step_size)
         _positive("first_step", self.first_step)
         n = self.max_steps
+        if isinstance(n, float) and n.is_integer():
+            object.__setattr__(self, "max_steps", int(n))
+            n = self.max_steps
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise SolverError(f"max_steps must be a positive integer, got {n!r}")
+        if self.norm is not None and not callable(self.norm):
+            raise SolverError(f"norm must be a function of a tensor (None: RMS), got {self.norm!r}")
+
+    def steps_on(self, t0: float, t1: float) -> int:
+        """The number of steps of the fixed grid over ``[t0, t1]`` (before any of it is built)."""
+        n = (t1 - t0) / self.step_size
+        if not math.isfinite(n) or n > 2 ** 53:
+            raise SolverError(f"a step size of {self.step_size!r} over [{t0:g}, {t1:g}] makes too many steps")
+        return int(math.ceil(n))
 
     def measure(self, x: torch.Tensor) -> torch.Tensor:
         """The norm of ``x`` (RMS unless a ``norm`` was given)."""
@@ -118,16 +141,26 @@ class StepController:
         dfactor = 1.0 if ratio < 1.0 else DFACTOR
         return h * min(IFACTOR, max(SAFETY / ratio ** (1.0 / order), dfactor))
 
-    def grid(self, ts: Sequence[float], t_dtype: torch.dtype = torch.float64) -> list:
+    def grid(self, ts: Sequence[float], t_dtype: torch.dtype = torch.float64) -> Iterator[float]:
         """A fixed-step method's grid over ``ts``: torchdiffeq's ``t0 + i * step_size`` in ``t_dtype`` for
-        ``i < ceil((t1 - t0) / step_size + 1)``, the last point set to ``t1``; ``ts`` itself without a step."""
+        ``i < ceil((t1 - t0) / step_size + 1)``, the last point set to ``t1``; ``ts`` itself without a step.
+
+        Produced a chunk at a time (a fine grid costs no memory), after its length is checked against
+        ``max_steps``."""
+        n = len(ts) - 1 if self.step_size is None else self.steps_on(ts[0], ts[-1])
+        if self.max_steps is not None and n > self.max_steps:  # refused before the grid is allocated
+            raise SolverError(f"a grid of {n} steps exceeds max_steps ({self.max_steps}); use a larger step size")
         if self.step_size is None:
-            return list(ts)
-        t0, t1 = ts[0], ts[-1]
-        n = int(math.ceil((t1 - t0) / self.step_size + 1))
-        grid = (torch.arange(0, n, dtype=t_dtype) * self.step_size + t0).tolist()
-        grid[-1] = t1
-        return grid
+            return iter(list(ts))
+        return self._points(ts[0], ts[-1], n + 1, t_dtype)
+
+    def _points(self, t0: float, t1: float, n: int, t_dtype: torch.dtype, chunk: int = 4096) -> Iterator[float]:
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            part = (torch.arange(start, stop, dtype=t_dtype) * self.step_size + t0).tolist()
+            if stop == n:
+                part[-1] = t1
+            yield from part
 
 
 @dataclass(frozen=True)
@@ -210,6 +243,11 @@ class Solver:
     def __post_init__(self) -> None:
         if not isinstance(self.method, str):
             raise SolverError(f"method must be a solver name, got {self.method!r}")
+        if not isinstance(self.backend, str):
+            raise SolverError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        for name, kind in (("controller", StepController), ("adjoint", AdjointSpec)):
+            if not isinstance(getattr(self, name), kind):
+                raise SolverError(f"{name} must be an odenet.{kind.__name__}, got {type(getattr(self, name)).__name__}")
         resolve_backend(self.method, self.backend)
 
     @property
