@@ -74,17 +74,31 @@ def test_one_step_on_two_ranks_equals_one_process(synth_dir, tmp_path, solver, e
     from odenet.model import NeuralODEModel
 
     fresh = NeuralODEModel().state_dict()
-    # rk4: the same steps on both sides, only the summation order differs. dopri5: each rank's solver chooses
-    # its own steps for its 32 images, so the gradients agree to the solver's tolerance.
-    bound, update_bound = (1e-6, 1e-4) if solver == "rk4" else (1e-3, 5e-2)
-    for k, p in one_state["model"].items():
-        q, p0 = two_state["model"][k], fresh[k]
-        assert _rel(q, p) < bound, k
-        # the update itself: Adam's first step is about lr * sign(gradient), which turns tiny absolute gradient
-        # differences in elements whose gradient is ~0 into differences of order lr. Had a rank stepped on its
-        # own 32 images (no all-reduce), the updates would differ by order 1.
-        assert _rel(q - p0, p - p0) < update_bound, k
-        assert (p - p0).abs().max() > 1e-4, k  # the step moved every parameter tensor
+    # rk4: the same steps on both sides, only the summation order differs, so the gradients (Adam's first moment
+    # after its first step is (1 - beta1) * g, saved in the checkpoint) agree to float32 rounding: a dot product
+    # of length K is exact to gamma_K = K * u (u = eps / 2); the longest reduction in the network is the encoder's
+    # Linear(32 * 7 * 7, 128), K = 1568, and the chain composes two (forward and backward): 2 * gamma_1568
+    # ~ 1.9e-4. Parameters are not compared for rk4: Adam's first step lr * g / (|g| + 1e-8) turns a rounding
+    # difference in an element whose gradient cancels to ~1e-8 into a step difference of order lr.
+    # dopri5: each rank's solver chooses its own steps for its 32 images, so the gradients agree to the solver's
+    # tolerance and the parameters to Adam's step of it.
+    if solver == "rk4":
+        grad_bound = 2 * 1568 * torch.finfo(torch.float32).eps / 2
+        names = [k for k, _ in NeuralODEModel().named_parameters()]  # the optimizer's order
+        assert len(names) == len(one_state["optimizer"]["state"])
+        for i, k in enumerate(names):
+            g1 = one_state["optimizer"]["state"][i]["exp_avg"]
+            g2 = two_state["optimizer"]["state"][i]["exp_avg"]
+            assert _rel(g2, g1) < grad_bound, k
+            assert g1.abs().max() > 0, k  # the step reached every parameter tensor
+    else:
+        for k, p in one_state["model"].items():
+            q, p0 = two_state["model"][k], fresh[k]
+            assert _rel(q, p) < 1e-3, k
+            # Adam's first step is about lr * sign(gradient); had a rank stepped on its own 32 images (no
+            # all-reduce), the updates would differ by order 1
+            assert _rel(q - p0, p - p0) < 5e-2, k
+            assert (p - p0).abs().max() > 1e-4, k  # the step moved every parameter tensor
     assert two_metrics[0]["ranks"] == 2 and one_metrics[0]["ranks"] == 1
     assert two_metrics[0]["train_images"] == one_metrics[0]["train_images"] == 64
     assert two_metrics[0]["train_loss"] == pytest.approx(one_metrics[0]["train_loss"], rel=1e-6)
@@ -122,9 +136,12 @@ def test_batch_that_does_not_divide_is_one_line_error(synth_dir, tmp_path):
     assert rc != 0
     lines = [line for line in err.splitlines() if line.startswith("odenet: error:")]
     assert lines == ["odenet: error: batch-size 63 is the global batch and must divide evenly over the 2 ranks"]
-    # no traceback from odenet's code (torchrun prints its own summary of the failed processes after it)
-    # ("/odenet/": frames in the package, not in a checkout whose folder name starts with odenet)
-    assert not [line for line in err.splitlines() if line.strip().startswith("File") and "/odenet/" in line]
+    # no traceback from odenet's code (torchrun prints its own summary of the failed processes after it): frames
+    # in the installed package's own folder, wherever the checkout or the virtual environment lives
+    import odenet
+
+    package = str(Path(odenet.__file__).resolve().parent) + "/"
+    assert not [line for line in err.splitlines() if line.strip().startswith("File") and package in line]
     assert not (tmp_path / "odd" / "checkpoints" / "last.pt").exists()
 
 
