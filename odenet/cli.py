@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .config import Config, load_config_file
+from .config import RESUME_MAY_CHANGE, Config, count, load_config_file
 from .errors import OdenetError
 
 def _train_flags():
@@ -28,8 +28,6 @@ def _train_flags():
 
 TRAIN_FLAGS, TRAIN_SWITCHES = _train_flags()
 
-# settings that do not change what is trained, so a resumed run may set them anew
-RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "report", "tensorboard")
 
 
 def _add_train(sub) -> None:
@@ -52,8 +50,15 @@ def _add_common_eval(p) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with odenet's one-line errors: ``odenet: error: ...`` and exit status 2, no usage dump."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"odenet: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="odenet", description="Neural ODE classifier for MNIST (adjoint method).")
+    parser = _Parser(prog="odenet", description="Neural ODE classifier for MNIST (adjoint method).")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
 
@@ -62,21 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="test accuracy, loss, NFE and per-class accuracy of a model")
     p.add_argument("--model", metavar="RUN_DIR|CHECKPOINT", help=model_help)
     p.add_argument("--data-dir", help="dataset folder (default: the run's, else $ODENET_DATA_DIR or the cache)")
-    p.add_argument("--batch-size", type=int, default=1000, help="batch size (default: 1000)")
-    p.add_argument("--test-subset", type=int, default=None, help="evaluate a fixed random subset")
+    p.add_argument("--batch-size", type=count(1, 60_000), default=1000, help="batch size (default: 1000)")
+    p.add_argument("--test-subset", type=count(1), default=None, help="evaluate a fixed random subset")
     _add_common_eval(p)
 
     p = sub.add_parser("predict", help="classify your own images: photos, scans or drawings (top-3 classes)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", metavar="RUN_DIR|CHECKPOINT", help=model_help)
-    p.add_argument("--top", type=int, default=3, help="how many classes to show (default: 3)")
+    p.add_argument("--top", type=count(1, 10), default=3, help="how many classes to show (default: 3)")
     _add_common_eval(p)
 
     p = sub.add_parser("demo", help="a web page: draw or upload a digit and watch it flow through the ODE",
                        description="Serve the demo page (needs: pip install 'odenet-mnist[demo]').")
     p.add_argument("--model", metavar="RUN_DIR|CHECKPOINT", help=model_help)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--port", type=count(1, 65535), default=7860, help="port (default: 7860)")
     p.add_argument("--share", action="store_true", help="also ask Gradio for a public share link")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
 
@@ -84,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--data-dir", help="dataset folder (default: the run's, else $ODENET_DATA_DIR or the cache)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
-    p.add_argument("--tsne-points", type=int, default=2000, help="test images in the t-SNE panels (default: 2000)")
+    p.add_argument("--tsne-points", type=count(10, 10_000), default=2000, help="test images in the t-SNE panels (default: 2000)")
 
     from . import bench
 

@@ -1,6 +1,7 @@
 """Run configuration: plain values with the seed's defaults, validation, and config-file loading."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -14,6 +15,9 @@ from .errors import OdenetError
 from .ode.settings import FIXED_METHODS, NATIVE_METHODS
 
 DATASETS = ("mnist", "fashion-mnist")
+# settings that do not change what is trained, so a resumed run may set them anew
+MAX_CONFIG_BYTES = 100_000
+RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "report", "tensorboard")
 # upper bounds on what a setting may ask for, checked before anything is allocated
 _LIMITS = dict(ode_dim=4096, batch_size=60_000, eval_batch_size=60_000, max_steps=10_000_000, epochs=100_000,
                t_end=1_000.0, val_size=59_000)
@@ -93,21 +97,21 @@ class Config:
 
         for k in ("lr_schedule", "optimizer", "solver", "backend", "dataset", "device", "out"):
             if not isinstance(getattr(self, k), str) or not getattr(self, k):
-                raise OdenetError(f"{k.replace('_', '-')} must be a non-empty string, got {getattr(self, k)!r}")
+                raise OdenetError(f"{k.replace('_', '-')} must be a non-empty string, got {show(getattr(self, k))}")
         for k in ("data_dir", "name"):
             if getattr(self, k) is not None and (not isinstance(getattr(self, k), str) or not getattr(self, k)):
-                raise OdenetError(f"{k.replace('_', '-')} must be a non-empty string, got {getattr(self, k)!r}")
+                raise OdenetError(f"{k.replace('_', '-')} must be a non-empty string, got {show(getattr(self, k))}")
         if self.name is not None and (Path(self.name).is_absolute() or Path(self.name).name != self.name
                                       or self.name in (".", "..")):
             raise OdenetError(f"name must be a plain folder name inside --out (no '/', '..' or absolute path), "
-                              f"got {self.name!r}")
+                              f"got {show(self.name)}")
         positive = dict(batch_size=self.batch_size, epochs=self.epochs, lr=self.lr, t_end=self.t_end,
                         ode_dim=self.ode_dim, rtol=self.rtol, atol=self.atol, step_size=self.step_size,
                         max_steps=self.max_steps, eval_batch_size=self.eval_batch_size,
                         aug_elastic_sigma=self.aug_elastic_sigma)
         for k, v in positive.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or v != v or v == float("inf"):
-                raise OdenetError(f"{k.replace('_', '-')} must be a positive finite number, got {v!r}")
+                raise OdenetError(f"{k.replace('_', '-')} must be a positive finite number, got {show(v)}")
         nonneg = dict(weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs, ema=self.ema,
                       label_smoothing=self.label_smoothing, aug_rotate=self.aug_rotate,
                       aug_translate=self.aug_translate, aug_scale=self.aug_scale, aug_elastic=self.aug_elastic,
@@ -115,38 +119,44 @@ class Config:
                       kinetic=self.kinetic)
         for k, v in nonneg.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
-                raise OdenetError(f"{k.replace('_', '-')} must be a finite number >= 0, got {v!r}")
+                raise OdenetError(f"{k.replace('_', '-')} must be a finite number >= 0, got {show(v)}")
         for k in (f.name for f in fields(self) if f.type == "bool"):  # annotations are strings here
             if not isinstance(getattr(self, k), bool):
-                raise OdenetError(f"{k.replace('_', '-')} must be true or false, got {getattr(self, k)!r}")
+                raise OdenetError(f"{k.replace('_', '-')} must be true or false, got {show(getattr(self, k))}")
         for k in ("batch_size", "epochs", "ode_dim", "max_steps", "eval_batch_size", "val_size", "aug_off_epochs"):
             if int(getattr(self, k)) != getattr(self, k):
-                raise OdenetError(f"{k.replace('_', '-')} must be an integer, got {getattr(self, k)!r}")
+                raise OdenetError(f"{k.replace('_', '-')} must be an integer, got {show(getattr(self, k))}")
             setattr(self, k, int(getattr(self, k)))  # 3.0 from a config file is 3
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
-            raise OdenetError(f"seed must be an integer >= 0, got {self.seed!r}")
+            raise OdenetError(f"seed must be an integer >= 0, got {show(self.seed)}")
         for k, most in _LIMITS.items():
             if getattr(self, k) > most:
-                raise OdenetError(f"{k.replace('_', '-')} must be at most {most}, got {getattr(self, k)!r}")
+                raise OdenetError(f"{k.replace('_', '-')} must be at most {most}, got {show(getattr(self, k))}")
         if self.ema >= 1 or self.label_smoothing >= 1 or self.aug_scale >= 1:
             raise OdenetError("ema, label-smoothing and aug-scale must be below 1")
         if self.optimizer not in OPTIMIZERS:
-            raise OdenetError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+            raise OdenetError(f"unknown optimizer {show(self.optimizer)}; choose one of {', '.join(OPTIMIZERS)}")
         for k in ("train_subset", "test_subset"):
             v = getattr(self, k)
-            if v is not None and (not isinstance(v, int) or v <= 0):
-                raise OdenetError(f"{k.replace('_', '-')} must be a positive integer, got {v!r}")
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+                raise OdenetError(f"{k.replace('_', '-')} must be a positive integer, got {show(v)}")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise OdenetError(f"unknown lr-schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+            raise OdenetError(f"unknown lr-schedule {show(self.lr_schedule)}; choose one of {', '.join(LR_SCHEDULES)}")
         if self.dataset not in DATASETS:
-            raise OdenetError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+            raise OdenetError(f"unknown dataset {show(self.dataset)}; choose one of {', '.join(DATASETS)}")
         if self.backend not in BACKENDS:
-            raise OdenetError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+            raise OdenetError(f"unknown backend {show(self.backend)}; choose one of {', '.join(BACKENDS)}")
         solver = self.ode_solver()
         if self.kinetic > 0:
             solver.check_energy()
+        if not solver.adaptive:  # a fixed grid longer than max_steps is refused here, before any of it is built
+            ratio = self.t_end / self.step_size
+            steps = math.ceil(ratio) if math.isfinite(ratio) else ratio
+            if steps > self.max_steps:
+                raise OdenetError(f"step-size {show(self.step_size)} over T = {show(self.t_end)} makes {steps} steps, "
+                                  f"more than max-steps ({self.max_steps}); use a larger step size")
         if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
-            raise OdenetError(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
+            raise OdenetError(f"unknown device {show(self.device)}; use auto, cpu, cuda or cuda:N")
         return self
 
     def run_folder(self) -> Path:
@@ -195,6 +205,7 @@ def check_names(settings, what: str = "setting") -> None:
         hints = []
         for k in unknown:
             near = difflib.get_close_matches(k.replace("-", "_"), list(_FIELDS), n=1, cutoff=0.6)
+            k = k if len(k) <= 40 else k[:37] + "..."
             hints.append(f"{k} (did you mean {near[0]}?)" if near else k)
         raise OdenetError(f"unknown {what}(s): {', '.join(hints)}")
 
@@ -204,6 +215,8 @@ def load_config_file(path: str) -> Dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise OdenetError(f"config file not found: {path}")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise OdenetError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1000} kB: not a config")
     try:
         text = p.read_text()
         if p.suffix == ".toml":
@@ -220,9 +233,34 @@ def load_config_file(path: str) -> Dict[str, Any]:
             data = yaml.safe_load(text) or {}
     except Exception as e:  # noqa: BLE001 - any parse error becomes one line
         raise OdenetError(f"cannot parse config file {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise OdenetError(f"config file {path} must hold a mapping of keys to values")
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise OdenetError(f"config file {path} must hold a mapping of setting names to values")
     return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def show(v: Any) -> str:
+    """``v`` for an error message: a number or a short string as written; a container by its type only (a YAML
+    alias bomb's value would expand to gigabytes)."""
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        text = repr(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return f"a {type(v).__name__}"
+
+
+def count(lowest: int = 1, highest: int = 10 ** 9):
+    """A command-line type (argparse): an integer from ``lowest`` to ``highest``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if not lowest <= v <= highest:
+            raise argparse.ArgumentTypeError(f"must be from {lowest} to {highest}, got {v}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
 
 
 def default_data_dir() -> str:
@@ -230,6 +268,11 @@ def default_data_dir() -> str:
     env = os.environ.get("ODENET_DATA_DIR")
     if env:
         return env
+    return cache_data_dir()
+
+
+def cache_data_dir() -> str:
+    """The per-user cache folder: the only data folder odenet ever downloads into."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "odenet", "data")
 

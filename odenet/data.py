@@ -76,7 +76,13 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _download(dataset: str, root: Path, train: bool) -> None:
+    from .config import cache_data_dir
+
     needed = " and ".join(split_files(train))
+    if root.resolve() != Path(cache_data_dir()).resolve():  # a folder the user gave is only ever read
+        raise OdenetError(f"{dataset} {needed} not found under {root / FOLDERS[dataset] / 'raw'}; odenet reads that "
+                          f"folder and never writes into it (it downloads only into {cache_data_dir()}, when no "
+                          "--data-dir or ODENET_DATA_DIR is given)")
     try:
         root.mkdir(parents=True, exist_ok=True)
         _tv_dataset(dataset)(str(root), train=train, download=True)

@@ -7,13 +7,17 @@ solver controls applied at once. Every handler turns bad input into a message on
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import logging
+import os
+import shutil
+import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,7 +31,15 @@ from .model import NeuralODEModel
 from .ode import NATIVE_METHODS
 from .ood import OODDetector, logits_and_features
 
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before Gradio is imported: no calls home
 HINT = "Draw a digit on the pad, or upload a photo or scan of one."
+# Every request's work is bounded (the page states these): tolerances, step and T within ranges, and a cap on
+# the solver's steps, so one request costs at most about a second and cannot exhaust memory.
+LIMITS = {"rtol": (1e-7, 1.0), "atol": (1e-7, 1.0), "step size": (1e-3, 1.0), "T": (0.1, 4.0)}
+MAX_STEPS = 2_000  # per solve: an adaptive method's steps, or a fixed grid's (refused before it is built)
+MAX_UPLOAD = "10mb"  # per uploaded file (Gradio refuses larger ones before storing them)
+QUEUE_SIZE = 16  # requests waiting at most; more are turned away at once instead of waiting for minutes
+CACHE_CLEANUP = (600, 3600)  # every 10 minutes, delete Gradio's cached files older than an hour
 SOLVERS = list(NATIVE_METHODS)
 log = logging.getLogger("odenet.demo")
 
@@ -70,11 +82,13 @@ class Predictor:
         if solver not in SOLVERS:
             raise OdenetError(f"unknown solver {solver!r}")
         for name, v in (("rtol", rtol), ("atol", atol), ("step size", step), ("T", t_end)):
-            if v is None or not np.isfinite(v) or v <= 0:
-                raise OdenetError(f"{name} must be a positive number")
+            lo, hi = LIMITS[name]
+            if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) \
+                    or not lo <= v <= hi:
+                raise OdenetError(f"{name} must be a number from {lo:g} to {hi:g}")
         x = self._input(image)
         return decision_along_flow(self.model, x, t_end=t_end, method=solver, rtol=rtol, atol=atol, step_size=step,
-                                   max_steps=10_000)
+                                   max_steps=MAX_STEPS)
 
     def _input(self, image: np.ndarray) -> torch.Tensor:
         return normalize(torch.from_numpy(image[None]), self.dataset).to(self.device)
@@ -208,14 +222,46 @@ def load_predictor(model_ref: str, device: str = "cpu") -> Predictor:
     return Predictor(model, cfg.dataset, fmap, detector=ood.from_checkpoint(state))
 
 
+class Oversize(NamedTuple):
+    """What the bounded sketchpad hands on instead of decoding a picture larger than odenet reads."""
+
+    width: int
+    height: int
+
+
+def bound_pixels(convert):
+    """Wrap a Gradio image component's ``convert_and_format_image``: pictures of more than ``MAX_PIXELS`` pixels
+    (read from the header, before any decoding) become an ``Oversize`` instead of gigabytes of pixels."""
+    from PIL import Image
+
+    from .images import MAX_PIXELS
+
+    def bounded(file, *args, **kwargs):
+        if file is not None:
+            path = getattr(file, "path", None)
+            try:
+                with Image.open(path if path is not None else io.BytesIO(file)) as im:
+                    w, h = im.size
+            except Exception:  # noqa: BLE001 - an unreadable picture: Gradio's own reading says so
+                w = h = 0
+            if w * h > MAX_PIXELS:
+                return Oversize(w, h)
+        return convert(file, *args, **kwargs)
+
+    return bounded
+
+
 def sketch_array(value) -> Optional[np.ndarray]:
-    """The image in a Sketchpad value (a dict with a ``composite`` layer, or an array); None when empty."""
+    """The image in a Sketchpad value (a dict with a ``composite`` layer, or an array); None when empty.
+    Raises ``OdenetError`` for a picture over the pixel limit."""
     if value is None:
         return None
     if isinstance(value, dict):
         value = value.get("composite")
     if value is None:
         return None
+    if isinstance(value, Oversize):
+        raise OdenetError(f"the drawing is {value.width}x{value.height} pixels: larger than odenet reads")
     a = np.asarray(value)
     return a if a.size else None
 
@@ -246,7 +292,10 @@ def _handlers(pred: Predictor):
             return None, f"this picture could not be read ({type(e).__name__})"
 
     def on_sketch(value, *settings):
-        arr = sketch_array(value)
+        try:
+            arr = sketch_array(value)
+        except OdenetError as e:
+            return (None, None, None, f"⚠ {e}", None, None)
         image, err = prepare(arr) if arr is not None else (None, "")
         if image is None and err and "is blank" not in err:  # a blank pad is not an error: render shows the hint
             return (None, None, None, f"⚠ {err.replace('the image', 'the drawing')}", None, None)
@@ -272,10 +321,12 @@ def build_app(pred: Predictor):
     import gradio as gr
 
     on_sketch, on_upload, on_settings = _handlers(pred)
-    with gr.Blocks(title="odenet: watch a digit flow through a neural ODE") as app:
+    with gr.Blocks(title="odenet: watch a digit flow through a neural ODE", analytics_enabled=False,
+                   delete_cache=CACHE_CLEANUP) as app:
         gr.Markdown("## odenet: draw a digit and watch it flow through the neural ODE\n"
                     "The encoder maps the digit to z(0); the ODE dz/dt = f(z) carries it to z(T); the classifier "
                     "reads z(T). Below: the class probabilities along t, and the digit's path among test digits.")
+        gr.Markdown(budget_text(), elem_id="budget")
         image_state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
@@ -283,6 +334,7 @@ def build_app(pred: Predictor):
                                       transforms=(), fixed_canvas=True,
                                       brush=gr.Brush(colors=["#000000"], default_size=18, color_mode="fixed"),
                                       elem_id="sketchpad")
+                sketch.convert_and_format_image = bound_pixels(sketch.convert_and_format_image)
                 upload = gr.File(label="or upload a photo / scan", type="filepath", elem_id="upload")
             with gr.Column(scale=1):
                 seen = gr.Image(label="What the model sees (28x28)", height=196, width=196, interactive=False,
@@ -307,6 +359,13 @@ def build_app(pred: Predictor):
     return app
 
 
+def budget_text() -> str:
+    """The per-request budget, as the page states it."""
+    r = {k: f"{lo:g} to {hi:g}" for k, (lo, hi) in LIMITS.items()}
+    return (f"Each request has a budget: rtol and atol {r['rtol']}, step size {r['step size']}, T {r['T']}, at most "
+            f"{MAX_STEPS:,} solver steps; uploads up to {MAX_UPLOAD.upper()}; at most {QUEUE_SIZE} requests wait.")
+
+
 def _view(image: np.ndarray) -> np.ndarray:
     """The 28x28 image enlarged 7x (nearest) so its pixels are visible."""
     return np.kron(image, np.ones((7, 7), dtype=np.uint8))
@@ -315,12 +374,26 @@ def _view(image: np.ndarray) -> np.ndarray:
 def serve(model_ref: str, host: str = "127.0.0.1", port: int = 7860, share: bool = False, device: str = "cpu",
           block: bool = True):
     """Build and launch the page; returns the Gradio app (``block=False`` keeps it running in the background)."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise OdenetError(f"port must be from 1 to 65535, got {port!r}")
     pred = load_predictor(model_ref, device)
+    atexit.register(shutil.rmtree, pred.out_dir, ignore_errors=True)  # Ctrl-C and normal exits
+    if block and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # SIGTERM too: exit through atexit, not around it
     app = build_app(pred)
-    app.queue(default_concurrency_limit=1)
-    app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=True,
-               show_error=False)
+    app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    try:
+        app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=True,
+                   show_error=False, max_file_size=MAX_UPLOAD)
+    except OSError as e:
+        raise OdenetError(f"cannot serve on {host}:{port}: {str(e).splitlines()[0]}") from None
+    if not block:
+        app.odenet_out_dir = pred.out_dir
     return app
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .data import normalize
+from .errors import OdenetError
 from .model import NeuralODEModel
 
 QUANTILE = 0.995  # of validation scores: the threshold; about 0.5% of in-distribution digits are flagged
@@ -52,7 +53,11 @@ class OODDetector:
 
     @classmethod
     def from_state(cls, state: Dict[str, torch.Tensor]) -> "OODDetector":
-        return cls(state["means"].float(), state["precision"].float(), float(state["threshold"]))
+        means, precision, threshold = state["means"].float(), state["precision"].float(), float(state["threshold"])
+        f = precision.shape[0] if precision.dim() == 2 else -1
+        if means.dim() != 2 or precision.shape != (f, f) or means.shape[1] != f or not np.isfinite(threshold):
+            raise ValueError("shapes or threshold")
+        return cls(means, precision, threshold)
 
 
 def features(maps: torch.Tensor, hidden: torch.Tensor, z_end: torch.Tensor) -> torch.Tensor:
@@ -111,4 +116,10 @@ def fit_model(model: NeuralODEModel, images: np.ndarray, labels: np.ndarray, dat
 
 def from_checkpoint(state: Dict) -> Optional[OODDetector]:
     """The detector a checkpoint carries (the shipped model does), else None."""
-    return OODDetector.from_state(state["ood"]) if "ood" in state else None
+    if "ood" not in state:
+        return None
+    try:
+        return OODDetector.from_state(state["ood"])
+    except Exception as e:  # noqa: BLE001 - a damaged entry is the checkpoint's fault, said in one line
+        raise OdenetError(f"the checkpoint's ood entry is damaged ({type(e).__name__}); re-export it with "
+                          "odenet.shipped.add_ood or use a checkpoint without one") from None

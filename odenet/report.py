@@ -49,7 +49,12 @@ def read_history(run: Path) -> List[Dict]:
     p = Path(run) / "metrics.jsonl"
     if not p.is_file():
         raise OdenetError(f"{run} has no metrics.jsonl: not a run folder, or training has not finished an epoch")
-    history = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    try:
+        history = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    except (ValueError, UnicodeDecodeError):
+        raise OdenetError(f"{p} is damaged: not one JSON record per line") from None
+    if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in history):
+        raise OdenetError(f"{p} is damaged: a record without its epoch")
     if not history:
         raise OdenetError(f"{run}/metrics.jsonl is empty: no epoch has finished yet")
     return history

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import yaml
 
 from . import checkpoint, distributed
-from .config import Config, load_config_file, step_lr
+from .config import RESUME_MAY_CHANGE, Config, load_config_file, step_lr
 from .data import background_value, carve_validation, class_names, load, random_affine
 from .errors import DivergenceError, Interrupted, OdenetError, SolverError
 from .evaluate import run_eval
@@ -205,7 +205,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
     if cfg.tensorboard:
         _tensorboard_class()  # fail before anything is written
     st = _State(cfg, ctx.device)
-    saved = ctx.on_main(lambda: _open_run(run, resume))  # rank 0 reads the checkpoint and hands it on
+    saved = ctx.on_main(lambda: _open_run(run, resume, cfg))  # rank 0 reads the checkpoint and hands it on
     if saved is not None:
         st.load_state_dict(saved)
         log(f"resuming {run} after epoch {st.epoch}")
@@ -227,8 +227,15 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
             for hook in hooks or []:
                 hook(run, st.history)
     except KeyboardInterrupt:
+        if not st.history:
+            raise ctx.agreed(Interrupted(f"interrupted during epoch {epoch + 1}, before any checkpoint; "
+                                         f"{_unfinished(run, resume, ctx)}")) from None
         raise ctx.agreed(Interrupted(f"interrupted during epoch {epoch + 1}; the checkpoint after epoch "
                                      f"{len(st.history)} is kept; continue with: odenet train --resume {run}")) from None
+    except DivergenceError as e:
+        if st.history:
+            raise
+        raise DivergenceError(f"{e}; {_unfinished(run, resume, ctx)}") from None
     finally:
         stop.restore()
         if writer is not None:
@@ -366,13 +373,64 @@ def _summarize(run: Path, history: List[Dict], ctx: distributed.Context, validat
     return summary
 
 
-def _open_run(run: Path, resume: bool) -> Optional[Dict]:
-    """Rank 0: the checkpoint to continue (``resume``), else create the run folder; ``None`` for a new run."""
-    if resume:
-        return checkpoint.load(str(run / "checkpoints" / "last.pt"))
-    check_new_run(run)
-    (run / "checkpoints").mkdir(parents=True)
-    return None
+def _open_run(run: Path, resume: bool, cfg: Config) -> Optional[Dict]:
+    """Rank 0: the checkpoint to continue (``resume``), else create the run folder; ``None`` for a new run.
+
+    A checkpoint continues only its own run: its config must be the run's (``config.yaml``, less the settings a
+    resume may change), its history the run's ``metrics.jsonl`` (nothing recorded is ever dropped), and
+    ``epochs`` at least the epochs it has finished. Checked before anything in the folder is written."""
+    if not resume:
+        check_new_run(run)
+        (run / "checkpoints").mkdir(parents=True)
+        return None
+    path = run / "checkpoints" / "last.pt"
+    state = checkpoint.load(str(path))
+    try:
+        theirs = Config.from_dict(dict(state["config"])).validate()
+        history, done = list(state["history"]), state["epoch"]
+        if not isinstance(done, int) or isinstance(done, bool) or done != len(history) or not all(
+                isinstance(r, dict) and r.get("epoch") == i + 1 for i, r in enumerate(history)):
+            raise ValueError("epoch count and history disagree")
+        for key in ("model", "optimizer", "rng"):
+            state[key]  # noqa: B018 - present, or KeyError below
+    except (KeyError, TypeError, ValueError, OdenetError) as e:
+        raise OdenetError(f"{path} is damaged or not an odenet training checkpoint ({str(e).splitlines()[0][:120]})") from None
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_MAY_CHANGE}
+    other = {k: v for k, v in theirs.to_dict().items() if k not in RESUME_MAY_CHANGE}
+    if mine != other:
+        differ = sorted(k for k in mine if mine[k] != other.get(k))
+        raise OdenetError(f"{path} belongs to another run (its {', '.join(differ[:3])} differ from {run / 'config.yaml'}); "
+                          "refusing to resume from it")
+    recorded = _recorded_epochs(run)
+    if recorded > done:
+        raise OdenetError(f"{path} is from epoch {done} but {run / 'metrics.jsonl'} records {recorded} epochs: "
+                          "resuming from it would drop recorded epochs; refusing")
+    if cfg.epochs < done:
+        raise OdenetError(f"{run} has finished {done} epochs; --epochs {cfg.epochs} would not continue it "
+                          f"(give --epochs {done + 1} or more)")
+    return state
+
+
+def _recorded_epochs(run: Path) -> int:
+    """How many epoch records ``metrics.jsonl`` holds (0 without one); a damaged file is a one-line error."""
+    p = run / "metrics.jsonl"
+    if not p.is_file():
+        return 0
+    try:
+        return sum(1 for line in p.read_text().splitlines() if line.strip() and json.loads(line))
+    except (ValueError, UnicodeDecodeError):
+        raise OdenetError(f"{p} is damaged (not one JSON record per line); refusing to overwrite it") from None
+
+
+def _unfinished(run: Path, resume: bool, ctx: distributed.Context) -> str:
+    """What to do with a new run's folder when its first epoch did not finish: it holds no checkpoint, so it is
+    removed (nothing trained is lost) and the same command starts again."""
+    if resume or not ctx.is_main:
+        return f"the run's last checkpoint is kept; continue with: odenet train --resume {run}"
+    import shutil
+
+    shutil.rmtree(run, ignore_errors=True)
+    return f"no epoch finished, so nothing was kept: {run} was removed and the same command starts again"
 
 
 def saved_config(run: Path) -> Config:

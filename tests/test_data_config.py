@@ -60,12 +60,19 @@ def test_missing_files_without_network_is_one_clear_error(tmp_path, monkeypatch)
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
     monkeypatch.setattr(data, "_tv_dataset", lambda name: no_network)
-    with pytest.raises(OdenetError, match="download failed.*--data-dir"):
-        load_split("mnist", str(tmp_path / "empty"), True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    from odenet.config import cache_data_dir
+
+    with pytest.raises(OdenetError, match="download failed.*--data-dir"):  # only the cache is downloaded into
+        load_split("mnist", cache_data_dir(), True)
     # the test split (all that evaluate needs) names its own files, not the training files
     with pytest.raises(OdenetError, match="t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz") as e:
-        load_split("mnist", str(tmp_path / "empty"), False)
+        load_split("mnist", cache_data_dir(), False)
     assert "train-" not in str(e.value).split("(")[0]
+    # a folder the user names is only ever read: no download into it, not even its creation
+    with pytest.raises(OdenetError, match="never writes into it"):
+        load_split("mnist", str(tmp_path / "empty"), True)
+    assert not (tmp_path / "empty").exists()
 
 
 def test_read_only_folder_is_not_written(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import default_data_dir
+from ..config import count, default_data_dir
 from ..errors import OdenetError
 from . import gradients, solvers, speed
 from .common import device, machine
@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     common.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     common.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     common.add_argument("--data-dir", default=None, help="dataset folder (default: $ODENET_DATA_DIR or the cache)")
-    common.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    common.add_argument("--seed", type=count(0, 2 ** 63 - 1), default=0, help="random seed (default: 0)")
     common.add_argument("--no-verify-data", dest="verify_data", action="store_false",
                         help="skip the MD5 check of dataset files (for your own IDX files)")
     for name, (module, text) in STUDIES.items():
@@ -47,5 +47,13 @@ def run(args) -> int:
     for k in ("batches", "rounds", "epochs", "train_subset", "test_subset"):
         if hasattr(args, k) and getattr(args, k) is not None and getattr(args, k) <= 0:
             raise OdenetError(f"--{k.replace('_', '-')} must be positive")
-    STUDIES[args.study][0].run(args, dev, data_dir, meta, Path(args.out))
+    out = Path(args.out)
+    try:  # before minutes of timing: the tables must have somewhere to go
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".odenet-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OdenetError(f"--out {args.out} is not a folder odenet can write to ({e.strerror or e})") from None
+    STUDIES[args.study][0].run(args, dev, data_dir, meta, out)
     return 0

@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..config import count
 from ..config import default_data_dir
 from ..errors import OdenetError
 from .common import sync, write_study
@@ -131,10 +132,10 @@ def _plot_gradients(rows: List[Dict], path: Path) -> None:
 
 def add_args(s) -> None:
     s.add_argument("--t-ends", nargs="+", type=float, default=[1, 2, 4, 8], help="dopri5 T values (default: 1 2 4 8)")
-    s.add_argument("--rk4-steps", nargs="+", type=int, default=[4, 16, 64, 256],
+    s.add_argument("--rk4-steps", nargs="+", type=count(1, 100_000), default=[4, 16, 64, 256],
                    help="rk4 step counts over T=1 (default: 4 16 64 256)")
-    s.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
-    s.add_argument("--reps", type=int, default=3, help="timed repetitions (default: 3)")
+    s.add_argument("--batch", type=count(1, 60_000), default=64, help="batch size (default: 64)")
+    s.add_argument("--reps", type=count(1, 1000), default=3, help="timed repetitions (default: 3)")
 
 
 def run(args, dev: torch.device, data_dir: str, meta: Dict, out: Path) -> None:

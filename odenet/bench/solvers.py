@@ -8,6 +8,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from ..config import count
 from ..config import Config
 from ..errors import OdenetError
 from ..ode import FIXED_METHODS, NATIVE_METHODS
@@ -115,9 +116,9 @@ def _plot_solvers(results: Dict[str, List[Dict]], path: Path) -> None:
 
 
 def add_args(s) -> None:
-    s.add_argument("--epochs", type=int, default=2, help="epochs per setting (default: 2)")
-    s.add_argument("--train-subset", type=int, default=20000, help="training images (default: 20000)")
-    s.add_argument("--test-subset", type=int, default=2000, help="test images (default: 2000)")
+    s.add_argument("--epochs", type=count(1, 1000), default=2, help="epochs per setting (default: 2)")
+    s.add_argument("--train-subset", type=count(1, 60_000), default=20000, help="training images (default: 20000)")
+    s.add_argument("--test-subset", type=count(1, 10_000), default=2000, help="test images (default: 2000)")
     s.add_argument("--solvers", nargs="+", default=MAIN_SOLVERS, help=f"(default: {' '.join(MAIN_SOLVERS)})")
     s.add_argument("--rtols", nargs="*", type=float, default=[1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
                    help="dopri5 sweep (default: 1e-1 ... 1e-5)")

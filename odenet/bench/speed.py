@@ -11,6 +11,7 @@ from typing import Dict, List
 
 import torch
 
+from ..config import count
 from .common import sync, write_study
 
 def _odenet_stepper(device, data_dir, seed, verify=True, **solver):
@@ -169,9 +170,9 @@ def bench_speed(data_dir: str, device: torch.device, batches: int = 60, warmup: 
 
 
 def add_args(s) -> None:
-    s.add_argument("--batches", type=int, default=60, help="timed batches per variant (default: 60)")
-    s.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
-    s.add_argument("--warmup", type=int, default=5, help="untimed first batches (default: 5)")
+    s.add_argument("--batches", type=count(1, 100_000), default=60, help="timed batches per variant (default: 60)")
+    s.add_argument("--rounds", type=count(1, 1000), default=3, help="interleaved rounds (default: 3)")
+    s.add_argument("--warmup", type=count(0, 10_000), default=5, help="untimed first batches (default: 5)")
     s.add_argument("--full-epoch", action="store_true", help="also time one whole epoch of each variant")
 
 
