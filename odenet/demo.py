@@ -351,12 +351,27 @@ def build_app(pred: Predictor):
             flow_plot = gr.Image(label="Decision along the flow", interactive=False, elem_id="flow_plot")
             path_plot = gr.Image(label="The path", interactive=False, elem_id="path_plot")
         settings = [solver, rtol, atol, step, t_end]
+        for s in settings:  # what an API client sends is checked by Predictor.flow, in one line on the page
+            s.preprocess = _raw_on_error(s.preprocess)
         outputs = [seen, probs, status, flow_plot, path_plot]
         sketch.change(on_sketch, [sketch, *settings], [image_state, *outputs], show_progress="hidden")
         upload.change(on_upload, [upload, *settings], [image_state, *outputs], show_progress="hidden")
         for s in settings:
             s.change(on_settings, [image_state, *settings], outputs, show_progress="hidden")
     return app
+
+
+def _raw_on_error(preprocess):
+    """A component's ``preprocess`` that hands a value it cannot take (None for a slider, a name not in a
+    dropdown) to the handler as it came, instead of raising inside Gradio with a traceback in the log."""
+
+    def lenient(payload, *args, **kwargs):
+        try:
+            return preprocess(payload, *args, **kwargs)
+        except Exception:  # noqa: BLE001 - the handler's own check answers in one line
+            return payload
+
+    return lenient
 
 
 def budget_text() -> str:

@@ -189,10 +189,11 @@ _NO_SCRIPT = ("torch.jit.script cannot compile odenet's ODE solver (Python contr
 
 
 def _recording() -> bool:
-    """Whether torch is tracing or exporting this call (a graph is being recorded, not values computed)."""
+    """Whether torch is tracing or exporting this call: a graph is recorded once and replayed, so a solve whose
+    steps depend on the input would be baked in. (``torch.compile`` is not refused: it breaks the graph where the
+    solver reads a number and runs those parts as they are.)"""
     compiler = getattr(torch, "compiler", None)
-    return bool(torch.jit.is_tracing() or (compiler is not None and (
-        getattr(compiler, "is_exporting", lambda: False)() or getattr(compiler, "is_compiling", lambda: False)())))
+    return bool(torch.jit.is_tracing() or (compiler is not None and getattr(compiler, "is_exporting", lambda: False)()))
 
 
 class ODEBlock(nn.Module):

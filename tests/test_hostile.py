@@ -114,10 +114,12 @@ def test_train_refuses_bad_settings_before_anything_is_written(flags, words, cap
     ("train_subset: true\n", ["train-subset must be a positive integer"]),
     ("1: 2\n", ["must hold a mapping of setting names"]),
 ])
-def test_config_file_values_are_one_line(text, words, capsys, tmp_path):
+def test_config_file_values_are_one_line(text, words, capsys, tmp_path, monkeypatch):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text)
-    refused(["train", "--config", cfg, "--out", tmp_path / "runs"], capsys, *words)
+    monkeypatch.chdir(tmp_path)  # no flags that would override the file's values; the default --out is ./runs
+    monkeypatch.setenv("ODENET_DATA_DIR", str(tmp_path / "no-data"))  # were a case accepted, it would stop at once
+    refused(["train", "--config", cfg], capsys, *words)
     assert not (tmp_path / "runs").exists()
 
 
@@ -153,7 +155,7 @@ def test_integral_floats_in_a_config_file_are_integers(tmp_path):
     (["evaluate", "--test-subset", 0], ["--test-subset"]),
     (["evaluate", "--device", "tpu"], ["device"]),
     (["evaluate", "--device", "cuda:7"], ["device cuda:7"]),
-    (["evaluate", "--model", "no/such/run"], ["not found"]),
+    (["evaluate", "--model", "no/such/run"], ["no such run folder or checkpoint"]),
     (["predict", "x.png", "--device", "tpu"], ["device"]),
     (["predict", "x.png", "--top", 0], ["--top"]),
     (["predict", "x.png", "--top", 11], ["--top"]),
@@ -295,7 +297,7 @@ def test_resume_appends_to_the_history(capsys, run_a):
 
 
 def test_a_run_that_fails_in_its_first_epoch_leaves_no_half_folder(capsys, tmp_path, synth_dir):
-    line = refused(["train", *TINY, "--lr", 1e30, "--out", tmp_path / "runs", "--name", "boom",
+    line = refused(["train", *TINY, "--lr", 1e30, "--train-subset", 96, "--out", tmp_path / "runs", "--name", "boom",
                     "--data-dir", synth_dir], capsys, "nothing was kept")
     assert not (tmp_path / "runs" / "boom").exists() and "starts again" in line
     rc, _, err, _ = run_cli(["train", *TINY, "--out", tmp_path / "runs", "--name", "boom", "--data-dir", synth_dir],

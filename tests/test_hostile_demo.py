@@ -103,6 +103,9 @@ def upload(client, path, settings):
     (["dopri5", 1e-3, 1e-4, 0.1, None], "T must be a number from 0.1 to 4"),
     (["dopri5", None, 1e-4, 0.1, 1.0], "rtol must be a number"),
     (["euler", 1e-3, 1e-4, 0.001, 4.0], "a grid of 4000 steps exceeds max_steps (2000)"),
+    (["nope", 1e-3, 1e-4, 0.1, 1.0], "unknown solver 'nope'"),
+    (["dopri5", "abc", 1e-4, 0.1, 1.0], "rtol must be a number"),
+    (["dopri5", 1e-3, 1e-4, 0.1, "1; rm -rf /"], "T must be a number"),
 ])
 def test_an_out_of_budget_request_is_one_line_on_the_page(client, seven, settings, words):
     t0 = time.perf_counter()
