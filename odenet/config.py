@@ -93,8 +93,12 @@ class Config:
 
     def validate(self) -> "Config":
         """Raise ``OdenetError`` with a one-line message for any invalid value; return self."""
-        from .ode import BACKENDS
+        self._check_texts()
+        self._check_numbers()
+        self._check_choices()
+        return self
 
+    def _check_texts(self) -> None:
         for k in ("lr_schedule", "optimizer", "solver", "backend", "dataset", "device", "out"):
             if not isinstance(getattr(self, k), str) or not getattr(self, k):
                 raise OdenetError(f"{k.replace('_', '-')} must be a non-empty string, got {show(getattr(self, k))}")
@@ -105,6 +109,8 @@ class Config:
                                       or self.name in (".", "..")):
             raise OdenetError(f"name must be a plain folder name inside --out (no '/', '..' or absolute path), "
                               f"got {show(self.name)}")
+
+    def _check_numbers(self) -> None:
         positive = dict(batch_size=self.batch_size, epochs=self.epochs, lr=self.lr, t_end=self.t_end,
                         ode_dim=self.ode_dim, rtol=self.rtol, atol=self.atol, step_size=self.step_size,
                         max_steps=self.max_steps, eval_batch_size=self.eval_batch_size,
@@ -134,12 +140,16 @@ class Config:
                 raise OdenetError(f"{k.replace('_', '-')} must be at most {most}, got {show(getattr(self, k))}")
         if self.ema >= 1 or self.label_smoothing >= 1 or self.aug_scale >= 1:
             raise OdenetError("ema, label-smoothing and aug-scale must be below 1")
-        if self.optimizer not in OPTIMIZERS:
-            raise OdenetError(f"unknown optimizer {show(self.optimizer)}; choose one of {', '.join(OPTIMIZERS)}")
         for k in ("train_subset", "test_subset"):
             v = getattr(self, k)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
                 raise OdenetError(f"{k.replace('_', '-')} must be a positive integer, got {show(v)}")
+
+    def _check_choices(self) -> None:
+        from .ode import BACKENDS
+
+        if self.optimizer not in OPTIMIZERS:
+            raise OdenetError(f"unknown optimizer {show(self.optimizer)}; choose one of {', '.join(OPTIMIZERS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise OdenetError(f"unknown lr-schedule {show(self.lr_schedule)}; choose one of {', '.join(LR_SCHEDULES)}")
         if self.dataset not in DATASETS:
@@ -157,7 +167,6 @@ class Config:
                                   f"more than max-steps ({self.max_steps}); use a larger step size")
         if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
             raise OdenetError(f"unknown device {show(self.device)}; use auto, cpu, cuda or cuda:N")
-        return self
 
     def run_folder(self) -> Path:
         """``<out>/<name>``, naming the run ``<dataset>-<solver>-<time>`` first when it has no name."""
