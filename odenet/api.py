@@ -104,10 +104,11 @@ def fit(config: Optional[Config] = None, *, resume: Optional[Union[str, Path]] =
 
     ``config`` (default: the seed's ``Config()``) changed by ``settings`` (``fit(epochs=1, train_subset=5000)``).
     The run folder is the CLI's: config.yaml, metrics.jsonl, checkpoints/, and the report (``summary["report"]``)
-    unless ``report=False``. ``resume``: a run folder to continue (``settings`` may change only ``epochs``).
+    unless ``report=False``. ``resume``: a run folder to continue (``settings`` may change what ``odenet train
+    --resume`` may: epochs, device, data_dir, report, tensorboard).
     Progress bars are ``tqdm.auto``'s, so they draw as widgets in notebooks.
     """
-    from .config import check_names
+    from .config import RESUME_MAY_CHANGE, check_names
     from .distributed import resolve_device
     from .report import history_hook, write_report
     from .train import saved_config, train
@@ -115,8 +116,9 @@ def fit(config: Optional[Config] = None, *, resume: Optional[Union[str, Path]] =
     if resume is not None:
         run = Path(resume)
         check_names(settings)
-        if config is not None or set(settings) - {"epochs"}:
-            raise OdenetError("resume continues the run's saved config; only epochs may change")
+        if config is not None or set(settings) - set(RESUME_MAY_CHANGE):
+            raise OdenetError(f"resume continues the run's saved config; only {', '.join(RESUME_MAY_CHANGE)} may "
+                              f"change (got {', '.join(sorted(set(settings) - set(RESUME_MAY_CHANGE))) or 'a config'})")
         cfg = dataclasses.replace(saved_config(run), **settings)
     else:
         if config is not None and not isinstance(config, Config):

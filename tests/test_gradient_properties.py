@@ -13,7 +13,7 @@ The bound: the drawn tolerance (or step's order) gives an error of ~1e-7 .. 1e-4
 adjoint's backward reconstruction of z(t) can amplify it by the flow's conditioning (~10x here); 1e-3 of the
 problem's largest gradient leaves a margin and still catches any wrong path (the bugs this suite was built on were off by 20-50%).
 
-Profiles: ``ci`` (default, 30 examples, derandomized so that every machine runs the same cases) and ``long``
+Profiles: ``ci`` (default, 25 examples, derandomized so that every machine runs the same cases) and ``long``
 (``ODENET_HYPOTHESIS=long``: 400 examples; docs/testing.md has its time and findings).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from torch import nn
 from odenet import ODEFunc, OdenetError
 from odenet.ode import AdjointSpec, Solver, StepController, integrate
 
-settings.register_profile("ci", max_examples=30, derandomize=True, deadline=None,
+settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("long", max_examples=400, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -192,17 +192,25 @@ def test_analytics_are_off_and_the_budget_is_on_the_page():
     assert "at most 2,000 solver steps" in demo.budget_text() and "10MB" in demo.budget_text()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_the_demo_removes_its_temp_folder_on_every_exit(tmp_path, seven, sig):
-    proc, url = start(tmp_path)
+def _stop_and_check(proc, tmp: Path, sig) -> None:
+    assert list(tmp.glob("odenet-demo-*"))  # it wrote its images there
+    proc.send_signal(sig)
     try:
-        c = gradio_client.Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="odenet-test-"))
-        assert OK in upload(c, seven, NORMAL)[-3]
-        assert list(tmp_path.glob("odenet-demo-*"))  # it wrote its images there
-        proc.send_signal(sig)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert not list(tmp_path.glob("odenet-demo-*"))
-    assert "Traceback" not in (tmp_path / "server.log").read_text(errors="replace")
+    assert not list(tmp.glob("odenet-demo-*"))
+    assert "Traceback" not in (tmp / "server.log").read_text(errors="replace")
+
+
+def test_ctrl_c_removes_the_demos_temp_folder(tmp_path, seven):
+    proc, url = start(tmp_path)
+    c = gradio_client.Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="odenet-test-"))
+    assert OK in upload(c, seven, NORMAL)[-3]
+    _stop_and_check(proc, tmp_path, signal.SIGINT)
+
+
+def test_sigterm_removes_the_demos_temp_folder(server):  # last: it stops the module's server
+    proc, _, tmp = server
+    _stop_and_check(proc, tmp, signal.SIGTERM)

@@ -203,12 +203,14 @@ def test_a_changed_encoder_runs_as_written():
 
 # --- time as a parameter -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("adjoint", [True, False])
-def test_a_learned_end_time_gets_its_gradient(adjoint):
+@pytest.mark.parametrize("adjoint, backend", [(True, "native"), (False, "native"), (True, "torchdiffeq"),
+                                              (False, "torchdiffeq")])
+def test_a_learned_end_time_gets_its_gradient(adjoint, backend):
     torch.manual_seed(5)
     f = ODEFunc(4, 8).double()
     T = nn.Parameter(torch.tensor(0.7, dtype=torch.float64))
-    block = ODEBlock(f, t_end=T, solver=Solver(controller=StepController(**TOL), adjoint=AdjointSpec(enabled=adjoint)))
+    block = ODEBlock(f, t_end=T, solver=Solver(controller=StepController(**TOL), adjoint=AdjointSpec(enabled=adjoint),
+                                               backend=backend))
     assert any(p is T for p in block.parameters())
     z0 = torch.randn(3, 4, dtype=torch.float64)
     zT = block(z0)
@@ -356,3 +358,26 @@ def test_a_fixed_step_model_traces_to_the_same_function():
     x = torch.rand(5, 1, 28, 28)  # another batch size
     with torch.no_grad():
         assert torch.allclose(traced(x), m(x), atol=1e-6)
+
+
+# --- degenerate states -----------------------------------------------------------------------------------------------
+
+def test_an_empty_batch_is_its_own_solution():
+    f = ODEFunc(4, 8)
+    y0 = torch.zeros(0, 4, requires_grad=True)
+    ys = odeint_adjoint(f, y0, torch.tensor([0.0, 0.5, 1.0]))
+    assert ys.shape == (3, 0, 4)
+    ys.sum().backward()
+    assert y0.grad.shape == (0, 4)
+    assert odenet.NeuralODEModel().eval().odeblock(torch.zeros(0, 64)).shape == (0, 64)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_non_finite_start_is_named(value):
+    with pytest.raises(SolverError, match="^y0 holds NaN or infinite values$"):
+        odeint(ODEFunc(4, 8), torch.full((2, 4), value), [0.0, 1.0])
+
+
+def test_zero_tolerances_are_refused_when_made():
+    with pytest.raises(SolverError, match="rtol and atol cannot both be 0"):
+        odeint(lambda t, y: -y, torch.ones(2), [0.0, 1.0], rtol=0, atol=0)

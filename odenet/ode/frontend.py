@@ -50,9 +50,12 @@ def integrate(func: Callable, y0: State, t: Times, solver: Solver = Solver(), *,
     tt = _check_times(t, y0)
     if energy and tt.requires_grad:
         raise SolverError("the kinetic energy with t.requires_grad is not supported")
-    if len(tt) == 1:
+    if len(tt) == 1 or y0.numel() == 0:  # nothing to integrate: y(t) = y0 at every time (an empty batch too)
         real = y0.real.dtype if y0.is_complex() else y0.dtype
-        return Solution(y0.unsqueeze(0), y0.new_zeros(y0.shape[:1], dtype=real) if energy else None, Stats())
+        return Solution(y0.unsqueeze(0).expand(len(tt), *y0.shape).clone(),
+                        y0.new_zeros(y0.shape[:1], dtype=real) if energy else None, Stats())
+    if not bool(torch.isfinite(y0).all()):
+        raise SolverError("y0 holds NaN or infinite values")
     spec = solver.adjoint
     params = _params(func, spec)
     if spec.enabled and y0.is_complex():
@@ -385,8 +388,12 @@ def _torchdiffeq(func: Callable, y0: State, t: Times, solver: Solver, tol: Optio
 
     if not isinstance(t, torch.Tensor):
         like = y0[0] if isinstance(y0, (tuple, list)) else y0
-        t = torch.tensor([float(x) for x in t], dtype=torch.float64 if like.dtype == torch.float64 else torch.float32,
-                         device=like.device)
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        if any(isinstance(x, torch.Tensor) and x.requires_grad for x in t):  # a learned time keeps its graph
+            t = torch.stack([x.reshape(()).to(like.device, dtype) if isinstance(x, torch.Tensor)
+                             else torch.tensor(float(x), dtype=dtype, device=like.device) for x in t])
+        else:
+            t = torch.tensor([float(x) for x in t], dtype=dtype, device=like.device)
     c, spec = solver.controller, solver.adjoint
     if options is None:
         options = {"step_size": c.step_size, "first_step": c.first_step, "max_num_steps": c.max_steps}

@@ -82,6 +82,8 @@ class StepController:
             v = getattr(self, name)
             if not _finite_number(v) or v < 0:
                 raise SolverError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.rtol == 0 and self.atol == 0:
+            raise SolverError("rtol and atol cannot both be 0: no step would ever be accurate enough")
         _positive("step_size", self.step_size)
         _positive("first_step", self.first_step)
         n = self.max_steps
