@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -391,6 +392,10 @@ def serve(model_ref: str, host: str = "127.0.0.1", port: int = 7860, share: bool
     """Build and launch the page; returns the Gradio app (``block=False`` keeps it running in the background)."""
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise OdenetError(f"port must be from 1 to 65535, got {port!r}")
+    try:
+        socket.getaddrinfo(host, port)
+    except (OSError, UnicodeError):
+        raise OdenetError(f"cannot serve on {host!r}: not an address or host name of this machine") from None
     pred = load_predictor(model_ref, device)
     atexit.register(shutil.rmtree, pred.out_dir, ignore_errors=True)  # Ctrl-C and normal exits
     if block and threading.current_thread() is threading.main_thread():

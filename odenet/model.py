@@ -85,6 +85,10 @@ class ODEFunc(nn.Module):
                 return None
             if not i % 2 and not (_plain_tensor(m.weight) and m.bias is not None and _plain_tensor(m.bias)):
                 return None
+        own = [t for m in net[::2] for t in (m.weight, m.bias)]  # the fused vjp's layout: no tied or extra tensors
+        params = list(self.parameters())
+        if len(params) != len(own) or any(p is not q for p, q in zip(params, own)):
+            return None
         return self._fast_forward, self._fused_vjp
 
     def _linears(self) -> List[nn.Linear]:

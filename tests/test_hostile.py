@@ -175,9 +175,10 @@ def test_flags_out_of_range_are_one_line(argv, words, capsys):
     refused(argv, capsys, *words)
 
 
-def test_demo_device_is_checked(capsys):
+def test_demo_device_and_host_are_checked(capsys):
     pytest.importorskip("gradio")
     refused(["demo", "--device", "tpu"], capsys, "device")
+    refused(["demo", "--host", "999.1.1.1", "--port", 7999], capsys, "cannot serve on '999.1.1.1'")
 
 
 def test_bench_out_that_is_a_file_is_refused_before_the_benchmark(capsys, tmp_path):

@@ -74,6 +74,10 @@ def integrate(func: Callable, y0: State, t: Times, solver: Solver = Solver(), *,
     core_ts = [-x for x in ts] if reverse else ts
     y_start = _StartTime.apply(y0, tt[0], f) if t_grad else y0
     if adjoint:
+        if torch._C._functorch.peek_interpreter_stack() is not None:
+            raise SolverError("torch.func transforms (grad, vmap, jacrev, ...) cannot run the native adjoint's "
+                              "backward pass; use adjoint=False (backpropagation through the solver) or "
+                              "torch.autograd")
         vjp = _fused_vjp(func, fast, spec, params, energy)
         stats.vjp = "fused" if vjp is not None else "autograd"
         core_vjp = vjp if not reverse or vjp is None else _reversed_vjp(vjp)

@@ -31,6 +31,11 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return (x.abs() if x.is_complex() else x).pow(2).mean().sqrt()
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is half or bfloat16: error ratios such as err / 1e-4 overflow float16."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _finite_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -116,11 +121,12 @@ class StepController:
         """
         if self.first_step:
             return self.first_step
-        scale = self.atol + y0.abs() * self.rtol
-        d0, d1 = float(self.measure(y0 / scale)), float(self.measure(f0 / scale))
+        y, f = _wide(y0), _wide(f0)
+        scale = self.atol + y.abs() * self.rtol
+        d0, d1 = float(self.measure(y / scale)), float(self.measure(f / scale))
         h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
         f1 = func(clock(t0 + h0), y0 + h0 * f0)
-        d2 = float(self.measure((f1 - f0) / scale)) / h0
+        d2 = float(self.measure((_wide(f1) - f) / scale)) / h0
         if d1 <= 1e-15 and d2 <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
         else:
@@ -130,6 +136,7 @@ class StepController:
     @torch.no_grad()
     def error_ratio(self, err: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor) -> float:
         """The scaled error of a step from ``y0`` to ``y1``: accept when ``<= 1`` (the one host read per step)."""
+        err, y0, y1 = _wide(err), _wide(y0), _wide(y1)
         tol = self.atol + self.rtol * torch.maximum(y0.abs(), y1.abs())
         return float(self.measure(err / tol))
 
