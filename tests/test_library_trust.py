@@ -416,3 +416,21 @@ def test_torch_func_transforms_backprop_or_a_clear_refusal():
     assert torch.allclose(g, ref)
     with pytest.raises(SolverError, match="torch.func transforms .* use adjoint=False"):
         torch.func.grad(loss(ODEBlock(f)))(params)
+
+
+def test_a_second_derivative_through_the_adjoint_is_refused_and_backprop_gives_it():
+    torch.manual_seed(10)
+    f = ODEFunc(4, 8).double()
+    z = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.autograd.grad(ODEBlock(f)(z).pow(2).sum(), z, create_graph=True)[0]
+    with pytest.raises(RuntimeError, match="once_differentiable"):  # not a silent zero
+        g.sum().backward()
+    tol = Solver(controller=StepController(**TOL), adjoint=AdjointSpec(enabled=False))
+    g = torch.autograd.grad(ODEBlock(f, solver=tol)(z).pow(2).sum(), z, create_graph=True)[0]
+    (h,) = torch.autograd.grad(g.sum(), z)
+    zr = z.detach().requires_grad_(True)
+    ref_g = torch.autograd.grad(torchdiffeq.odeint(f, zr, torch.tensor([0.0, 1.0], dtype=torch.float64), method="rk4",
+                                                   options={"step_size": 1e-3})[-1].pow(2).sum(), zr,
+                                create_graph=True)[0]
+    (ref_h,) = torch.autograd.grad(ref_g.sum(), zr)
+    _close(h, ref_h, 1e-4)

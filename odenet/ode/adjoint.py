@@ -16,6 +16,7 @@ import inspect
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..errors import SolverError
 from .native import Stats, solve
@@ -88,6 +89,7 @@ class _Adjoint(torch.autograd.Function):
         return (ys, e) if pb.energy else ys
 
     @staticmethod
+    @once_differentiable  # second derivatives through the solve are not computed: torch refuses them in one line
     def backward(ctx, grad_ys: torch.Tensor, grad_e: Optional[torch.Tensor] = None):  # type: ignore[override]
         (ys,) = ctx.saved_tensors
         pb, params = ctx.pb, ctx.params

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..errors import SolverError
 from .adjoint import accepts_kinetic, odeint_adjoint_native
@@ -314,6 +315,7 @@ class _StartTime(torch.autograd.Function):
         return y0.clone()
 
     @staticmethod
+    @once_differentiable  # second derivatives through the solve are not computed: torch refuses them in one line
     def backward(ctx, g):  # type: ignore[override]
         y0, t0 = ctx.saved_tensors
         with torch.no_grad():
@@ -336,6 +338,7 @@ class _OutputTimes(torch.autograd.Function):
         return ys.clone()
 
     @staticmethod
+    @once_differentiable  # second derivatives through the solve are not computed: torch refuses them in one line
     def backward(ctx, g):  # type: ignore[override]
         ys, t = ctx.saved_tensors
         real = ys.real.dtype if ys.is_complex() else ys.dtype
