@@ -12,6 +12,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _hooks
 
 from .config import Config
 from .errors import OdenetError
@@ -20,16 +21,14 @@ from .ode import Solver, Stats, integrate
 
 def _plain(modules) -> bool:
     """No hooks, parametrizations or per-instance ``forward`` on any of ``modules``, and no global module hooks:
-    calling each one runs exactly its class's ``forward``."""
-    from torch.nn.modules import module as _m
-    from torch.nn.utils import parametrize
-
-    if any(getattr(_m, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
-                                                  "_global_backward_hooks", "_global_backward_pre_hooks")):
+    calling each one runs exactly its class's ``forward``. (A parametrized module also changes class, which the
+    callers' exact type checks see.)"""
+    if _hooks._global_forward_hooks or _hooks._global_forward_pre_hooks or _hooks._global_backward_hooks or \
+            getattr(_hooks, "_global_backward_pre_hooks", None):
         return False
     for m in modules:
-        if (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None)
-                or "forward" in m.__dict__ or parametrize.is_parametrized(m)):
+        if (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or "forward" in m.__dict__ or "parametrizations" in m._modules):
             return False
     return True
 
@@ -85,9 +84,11 @@ class ODEFunc(nn.Module):
                 return None
             if not i % 2 and not (_plain_tensor(m.weight) and m.bias is not None and _plain_tensor(m.bias)):
                 return None
-        own = [t for m in net[::2] for t in (m.weight, m.bias)]  # the fused vjp's layout: no tied or extra tensors
-        params = list(self.parameters())
-        if len(params) != len(own) or any(p is not q for p, q in zip(params, own)):
+        # the fused vjp's layout: the layers' own tensors, in order, none tied, no other parameter anywhere
+        layers = list(net)  # (slicing a Sequential would build new modules)
+        own = [t for m in layers[::2] for t in (m.weight, m.bias)]
+        if self._parameters or net._parameters or len({id(t) for t in own}) != len(own) or any(
+                m._modules or len(m._parameters) != 2 for m in layers[::2]) or any(m._parameters for m in layers[1::2]):
             return None
         return self._fast_forward, self._fused_vjp
 

@@ -442,6 +442,9 @@ def saved_config(run: Path) -> Config:
 
 def check_new_run(run: Path) -> None:
     """One-line error when a new run's folder is taken."""
+    if run.exists() and not (run / "checkpoints" / "last.pt").is_file():
+        raise OdenetError(f"run folder {run} already exists and holds no checkpoint to continue; remove it "
+                          f"(rm -r {run}) or pick another --name")
     if run.exists():
         raise OdenetError(f"run folder {run} already exists; continue it with --resume {run} or pick another --name")
 

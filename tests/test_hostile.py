@@ -281,6 +281,7 @@ def test_resume_refuses_a_checkpoint_whose_history_is_damaged(capsys, run_a):
 def test_resume_of_a_folder_without_a_checkpoint(capsys, tmp_path):
     (tmp_path / "r").mkdir()
     refused(["train", "--resume", tmp_path / "r"], capsys, "not a resumable run folder")
+    refused(["train", "--out", tmp_path, "--name", "r"], capsys, "holds no checkpoint to continue; remove it")
 
 
 def test_a_new_run_never_overwrites_an_existing_folder(capsys, run_a):
