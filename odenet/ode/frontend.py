@@ -52,20 +52,16 @@ def integrate(func: Callable, y0: State, t: Times, solver: Solver = Solver(), *,
     if energy and tt.requires_grad:
         raise SolverError("the kinetic energy with t.requires_grad is not supported")
     if len(tt) == 1 or y0.numel() == 0:  # nothing to integrate: y(t) = y0 at every time (an empty batch too)
-        real = y0.real.dtype if y0.is_complex() else y0.dtype
-        return Solution(y0.unsqueeze(0).expand(len(tt), *y0.shape).clone(),
-                        y0.new_zeros(y0.shape[:1], dtype=real) if energy else None, Stats())
+        return _constant(y0, len(tt), energy)
     if not bool(torch.isfinite(y0).all()):
         raise SolverError("y0 holds NaN or infinite values")
     spec = solver.adjoint
     params = _params(func, spec)
-    if spec.enabled and y0.is_complex():
-        raise SolverError("complex states with adjoint gradients are not supported by the native engine; "
-                          "use odeint (backprop through the solver) or backend='torchdiffeq'")
     fast = _fast_paths(func)
     t_grad = tt.requires_grad and torch.is_grad_enabled()
     stats = Stats()
     adjoint = spec.enabled and torch.is_grad_enabled() and (y0.requires_grad or t_grad or bool(params))
+    _check_adjoint(spec, y0, adjoint)
     # the hand-written forward serves only where autograd is off during the solve (it checks that per call too)
     f = _CastFunc(fast[0] if fast is not None and (adjoint or not torch.is_grad_enabled()) else func, y0)
     stats.fast_forward = f.func is not func
@@ -75,10 +71,6 @@ def integrate(func: Callable, y0: State, t: Times, solver: Solver = Solver(), *,
     core_ts = [-x for x in ts] if reverse else ts
     y_start = _StartTime.apply(y0, tt[0], f) if t_grad else y0
     if adjoint:
-        if torch._C._functorch.peek_interpreter_stack() is not None:
-            raise SolverError("torch.func transforms (grad, vmap, jacrev, ...) cannot run the native adjoint's "
-                              "backward pass; use adjoint=False (backpropagation through the solver) or "
-                              "torch.autograd")
         vjp = _fused_vjp(func, fast, spec, params, energy)
         stats.vjp = "fused" if vjp is not None else "autograd"
         core_vjp = vjp if not reverse or vjp is None else _reversed_vjp(vjp)
@@ -92,6 +84,24 @@ def integrate(func: Callable, y0: State, t: Times, solver: Solver = Solver(), *,
                       stats=stats)
         ys = torch.stack(ys)
     return Solution(_OutputTimes.apply(ys, tt, f) if t_grad else ys, e, stats)
+
+
+def _constant(y0: torch.Tensor, n: int, energy: bool) -> Solution:
+    """The solution when there is nothing to integrate: ``y0`` at each of the ``n`` times, zero energy."""
+    real = y0.real.dtype if y0.is_complex() else y0.dtype
+    return Solution(y0.unsqueeze(0).expand(n, *y0.shape).clone(),
+                    y0.new_zeros(y0.shape[:1], dtype=real) if energy else None, Stats())
+
+
+def _check_adjoint(spec: AdjointSpec, y0: torch.Tensor, active: bool) -> None:
+    """What the native adjoint cannot do, refused in one line: complex states, and (when it will run) torch.func
+    transforms, whose wrapped tensors its backward pass cannot take."""
+    if spec.enabled and y0.is_complex():
+        raise SolverError("complex states with adjoint gradients are not supported by the native engine; "
+                          "use odeint (backprop through the solver) or backend='torchdiffeq'")
+    if active and torch._C._functorch.peek_interpreter_stack() is not None:
+        raise SolverError("torch.func transforms (grad, vmap, jacrev, ...) cannot run the native adjoint's backward "
+                          "pass; use adjoint=False (backpropagation through the solver) or torch.autograd")
 
 
 def odeint(func: Callable, y0: State, t: Times, rtol: float = 1e-7, atol: float = 1e-9, method: Optional[str] = None,
