@@ -38,7 +38,7 @@ settings.register_profile("long", max_examples=400, deadline=None,
 settings.load_profile(os.environ.get("ODENET_HYPOTHESIS", "ci"))
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "sigmoid": nn.Sigmoid, "elu": nn.ELU}
-ADAPTIVE = {"dopri5": (1e-10, 1e-12), "bosh3": (1e-10, 1e-12), "adaptive_heun": (1e-9, 1e-11)}
+ADAPTIVE = {"dopri5": (1e-10, 1e-12), "bosh3": (1e-10, 1e-12), "adaptive_heun": (1e-7, 1e-9)}  # order 2: ~1e4 steps
 FIXED = {"rk4": 1e-2, "heun3": 2e-3, "midpoint": 1e-3, "euler": 1e-4}  # errors ~1e-8 .. 1e-4 of the scale
 BOUND = 1e-3
 
@@ -84,7 +84,9 @@ def _field(kind: str, act: str, dim: int, channels: int):
 @st.composite
 def problems(draw):
     kind = draw(st.sampled_from(["odefunc", "subclass", "closure", "timed", "conv"]))
-    method = draw(st.sampled_from(list(ADAPTIVE) + list(FIXED)))
+    # a conv field costs ~1 ms an evaluation: its methods are those that need few steps at these accuracies
+    methods = ["dopri5", "bosh3", "rk4", "heun3"] if kind == "conv" else list(ADAPTIVE) + list(FIXED)
+    method = draw(st.sampled_from(methods))
     mode = draw(st.sampled_from(["adjoint", "seminorm", "backprop"]))
     t0 = draw(st.sampled_from([0.0, -0.3, 0.4]))
     span = draw(st.sampled_from([0.5, 1.0, -0.7]))
