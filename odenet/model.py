@@ -121,10 +121,13 @@ class ODEFunc(nn.Module):
         the cotangent ``a + 2 c f(z)``: the adjoint of the running cost ``c |f(z)|^2`` (the kinetic energy's
         gradient). Counts one evaluation."""
         if self.fast_paths() is None:
-            from .ode.adjoint import autograd_vjp
-
-            return autograd_vjp(self, [p for p in self.parameters()])(t, z, a, kinetic)
+            return self._autograd_vjp(t, z, a, kinetic)
         return self._fused_vjp(t, z, a, kinetic)
+
+    def _autograd_vjp(self, t, z, a, kinetic=None):
+        from .ode.adjoint import autograd_vjp
+
+        return autograd_vjp(self, list(self.parameters()))(t, z, a, kinetic)
 
     @torch.no_grad()
     def _fused_vjp(self, t, z: torch.Tensor, a: torch.Tensor,
@@ -132,9 +135,7 @@ class ODEFunc(nn.Module):
         """``vjp`` by hand: the same numbers as autograd (tested) without building a graph; the adjoint pass calls
         it at every stage (only valid under ``fast_paths()``); states other than ``(B, dim)`` take autograd."""
         if z.dim() != 2:
-            from .ode.adjoint import autograd_vjp
-
-            return autograd_vjp(self, [p for p in self.parameters()])(t, z, a, kinetic)
+            return self._autograd_vjp(t, z, a, kinetic)
         self.nfe += 1
         linears = self._linears()
         inputs: List[torch.Tensor] = []

@@ -262,6 +262,15 @@ def _check_state(y0) -> torch.Tensor:
     return y0
 
 
+def _times_tensor(items: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A sequence of times as a 1-D tensor; one holding a tensor that requires grad (a learned time) keeps its
+    graph."""
+    if any(isinstance(x, torch.Tensor) and x.requires_grad for x in items):
+        return torch.stack([x.reshape(()).to(device, dtype) if isinstance(x, torch.Tensor)
+                            else torch.tensor(float(x), dtype=dtype, device=device) for x in items])
+    return torch.tensor([float(x) for x in items], dtype=dtype, device=device)
+
+
 def _check_times(t, y0: torch.Tensor) -> torch.Tensor:
     if isinstance(t, torch.Tensor):
         tt = t
@@ -269,12 +278,7 @@ def _check_times(t, y0: torch.Tensor) -> torch.Tensor:
             raise SolverError(f"t must be a floating-point tensor, got {tt.dtype}")
     else:
         try:
-            items = list(t)
-            if any(isinstance(x, torch.Tensor) and x.requires_grad for x in items):  # keep a learned time's graph
-                tt = torch.stack([x.reshape(()).to(torch.float64) if isinstance(x, torch.Tensor)
-                                  else torch.tensor(float(x), dtype=torch.float64) for x in items]).to(y0.device)
-            else:
-                tt = torch.tensor([float(x) for x in items], dtype=torch.float64)
+            tt = _times_tensor(list(t), torch.float64, y0.device)
         except (TypeError, ValueError, RuntimeError):
             raise SolverError("t must be a 1-D tensor or sequence of numbers") from None
     if tt.dim() != 1 or len(tt) == 0:
@@ -405,12 +409,7 @@ def _torchdiffeq(func: Callable, y0: State, t: Times, solver: Solver, tol: Optio
 
     if not isinstance(t, torch.Tensor):
         like = y0[0] if isinstance(y0, (tuple, list)) else y0
-        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-        if any(isinstance(x, torch.Tensor) and x.requires_grad for x in t):  # a learned time keeps its graph
-            t = torch.stack([x.reshape(()).to(like.device, dtype) if isinstance(x, torch.Tensor)
-                             else torch.tensor(float(x), dtype=dtype, device=like.device) for x in t])
-        else:
-            t = torch.tensor([float(x) for x in t], dtype=dtype, device=like.device)
+        t = _times_tensor(list(t), torch.float64 if like.dtype == torch.float64 else torch.float32, like.device)
     c, spec = solver.controller, solver.adjoint
     if options is None:
         options = {"step_size": c.step_size, "first_step": c.first_step, "max_num_steps": c.max_steps}
