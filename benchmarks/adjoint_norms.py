@@ -11,7 +11,7 @@ import time
 import torch
 
 from odenet.model import NeuralODEModel
-from odenet.ode import odeint_adjoint
+from odenet.ode import Solver, integrate
 
 p = argparse.ArgumentParser()
 p.add_argument("--rtol", type=float, default=1e-6)
@@ -26,10 +26,10 @@ for backend in ("native", "torchdiffeq"):
     for semi in (False, True):
         m.zero_grad()
         z0.grad = None
-        m.nfe = 0
         t0 = time.perf_counter()
-        zT = odeint_adjoint(m.odefunc, z0, [0.0, 1.0], method="dopri5", rtol=args.rtol, atol=args.atol,
-                            adjoint_options={"norm": "seminorm"} if semi else None, backend=backend)[-1]
-        nfe_f, m.nfe = m.nfe, 0
-        zT.pow(2).sum().backward()
-        print(f"| {backend} | {'seminorm' if semi else 'full'} | {nfe_f} | {m.nfe} | {time.perf_counter() - t0:.2f} |")
+        solver = Solver.of(method="dopri5", rtol=args.rtol, atol=args.atol, seminorm=semi, backend=backend)
+        sol = integrate(m.odefunc, z0, [0.0, 1.0], solver)
+        sol.ys[-1].pow(2).sum().backward()
+        st = sol.stats
+        print(f"| {backend} | {'seminorm' if semi else 'full'} | {st.nfe_forward} | {st.nfe_backward} | "
+              f"{time.perf_counter() - t0:.2f} |")

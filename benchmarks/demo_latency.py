@@ -18,7 +18,7 @@ import tempfile
 
 from odenet.demo import load_predictor
 from odenet.images import prepare_image
-from odenet.shipped import SHIPPED
+from odenet.checkpoint import SHIPPED
 
 p = argparse.ArgumentParser()
 p.add_argument("--n", type=int, default=30)
@@ -27,9 +27,9 @@ a = p.parse_args()
 pred = load_predictor(str(SHIPPED))
 pred.out_dir = tempfile.mkdtemp(prefix="odenet-latency-")
 try:
-    from odenet.data import load_split
+    from odenet.data import read_split
 
-    images = load_split("mnist", os.environ["ODENET_DATA_DIR"], False)[0][:a.n]
+    images = read_split("mnist", os.environ["ODENET_DATA_DIR"], False)[0][:a.n]
 except (KeyError, Exception):  # noqa: BLE001 - no data: drawn bars
     images = np.zeros((a.n, 28, 28), np.uint8)
     images[:, 4:24, 12:16] = 255

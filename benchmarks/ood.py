@@ -26,8 +26,8 @@ from sklearn.metrics import roc_auc_score
 from odenet import ood
 from odenet.bench.common import machine
 from odenet.checkpoint import load_model
-from odenet.data import load_split, normalize
-from odenet.shipped import SHIPPED
+from odenet.data import read_split, normalize
+from odenet.checkpoint import SHIPPED
 
 
 @torch.no_grad()
@@ -53,9 +53,8 @@ def solo_nfe(model, x: torch.Tensor) -> torch.Tensor:
     """NFE of the adaptive solve of each image alone (the step sizes a batch would share are its own)."""
     nfe = []
     for i in range(len(x)):
-        model.nfe = 0
         model.odeblock(model.encode(x[i:i + 1]))
-        nfe.append(model.nfe)
+        nfe.append(model.stats.nfe_forward)
     return torch.tensor(nfe, dtype=torch.float32)
 
 
@@ -71,7 +70,7 @@ def main() -> None:
     model.eval()
     start = time.perf_counter()
 
-    tr_x, tr_y = load_split("mnist", root, True)
+    tr_x, tr_y = read_split("mnist", root, True)
     perm = torch.randperm(len(tr_y), generator=torch.Generator().manual_seed(0))
     val_idx, fit_idx = perm[:a.val_size], perm[a.val_size:]
     xtr = normalize(torch.from_numpy(tr_x.copy()), "mnist")
@@ -81,8 +80,8 @@ def main() -> None:
     det_0 = ood.fit(fit_s["z0"], ytr[fit_idx], val_s["z0"])
     det = ood.fit(fit_s["features"], ytr[fit_idx], val_s["features"])
 
-    te_x, _ = load_split("mnist", root, False)
-    fa_x, _ = load_split("fashion-mnist", root, False)
+    te_x, _ = read_split("mnist", root, False)
+    fa_x, _ = read_split("fashion-mnist", root, False)
     rng = np.random.default_rng(0)
     pick = rng.permutation(len(te_x))[:a.n]
     sets = {"MNIST test": te_x[pick], "Fashion-MNIST": fa_x[rng.permutation(len(fa_x))[:a.n]],

@@ -22,17 +22,15 @@ for i in range(60):
     t = [time.perf_counter()]
     z0 = m.encode(x); t.append(time.perf_counter())
     zd = z0.detach().requires_grad_()
-    m.nfe = 0
     zT = m.odeblock(zd); t.append(time.perf_counter())
     loss = F.cross_entropy(m.classifier(zT), y); opt.zero_grad(); t.append(time.perf_counter())
-    nf, m.nfe = m.nfe, 0
     loss.backward(); t.append(time.perf_counter())
     z0.backward(zd.grad); t.append(time.perf_counter())
     opt.step(); t.append(time.perf_counter())
     if i >= 10:
         for k, a, b in zip(parts, t[:-1], t[1:]):
             parts[k].append(b - a)
-        nfe.append((nf, m.nfe))
+        nfe.append((m.stats.nfe_forward, m.stats.nfe_backward))
 print(f"{torch.get_num_threads()} torch threads; NFE fwd/bwd {statistics.mean(a for a, _ in nfe):.1f}/"
       f"{statistics.mean(b for _, b in nfe):.1f}\n| part | ms (median) |\n|---|---|")
 total = 0.0

@@ -27,13 +27,10 @@ def load(source: Optional[Union[str, Path]] = None, device: str = "cpu") -> Neur
     """A trained model in eval mode: the one shipped with odenet (``source`` None), a run folder (its ``best.pt``
     when chosen on a validation split, else ``last.pt``) or a checkpoint file. ``model.dataset`` and
     ``model.classes`` name what it was trained on."""
-    from .checkpoint import load_model
+    from .checkpoint import open_model
     from .data import class_names
-    from .distributed import resolve_device
-    from .shipped import model_path
 
-    model, cfg, _ = load_model(model_path(None if source is None else str(source)), resolve_device(device))
-    model.eval()
+    model, cfg, *_ = open_model(source, device)
     model.dataset, model.classes = cfg.dataset, class_names(cfg.dataset)
     return model
 
@@ -87,14 +84,14 @@ def dataset(name: str = "mnist", train: bool = False, n: Optional[int] = None, d
     ``(N,)``; the test split unless ``train``; ``n``: a fixed random subset. Files are read from ``data_dir``, else
     ``$ODENET_DATA_DIR``, else the per-user cache (downloaded there once)."""
     from .config import DATASETS, default_data_dir
-    from .data import load as load_split
-    from .distributed import resolve_device
+    from .data import load as load_on_device
+    from .device import resolve_device
 
     if name not in DATASETS:
         raise OdenetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
         raise OdenetError(f"n must be a positive integer (a subset size) or None, got {n!r}")
-    split = load_split(name, data_dir or default_data_dir(), train, resolve_device(device), n)
+    split = load_on_device(name, data_dir or default_data_dir(), train, resolve_device(device), n)
     return split.x, split.y
 
 
@@ -108,18 +105,16 @@ def fit(config: Optional[Config] = None, *, resume: Optional[Union[str, Path]] =
     --resume`` may: epochs, device, data_dir, report, tensorboard).
     Progress bars are ``tqdm.auto``'s, so they draw as widgets in notebooks.
     """
-    from .config import RESUME_MAY_CHANGE, check_names
-    from .distributed import resolve_device
+    from .config import check_names
+    from .device import resolve_device
     from .report import history_hook, write_report
-    from .train import saved_config, train
+    from .train import resume_config, train
 
     if resume is not None:
+        if config is not None:
+            raise OdenetError("resume continues the run's saved config; give the settings it may change, not a config")
         run = Path(resume)
-        check_names(settings)
-        if config is not None or set(settings) - set(RESUME_MAY_CHANGE):
-            raise OdenetError(f"resume continues the run's saved config; only {', '.join(RESUME_MAY_CHANGE)} may "
-                              f"change (got {', '.join(sorted(set(settings) - set(RESUME_MAY_CHANGE))) or 'a config'})")
-        cfg = dataclasses.replace(saved_config(run), **settings)
+        cfg = resume_config(run, settings)
     else:
         if config is not None and not isinstance(config, Config):
             raise OdenetError(f"config must be an odenet.Config, got {type(config).__name__} (a dict of settings: "

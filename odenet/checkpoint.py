@@ -1,15 +1,20 @@
-"""Checkpoints: written atomically (temp file + rename), read with ``weights_only=True``, validated."""
+"""Checkpoints: written atomically (temp file + rename), read with ``weights_only=True``, validated; and
+``open_model``, the one way every command and the Python API open a trained model."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 
 from .config import Config
+from .data import Split, load as load_test_split
+from .device import resolve_device
 from .errors import OdenetError
 from .files import atomic_write_bytes
 from .model import NeuralODEModel
+
+SHIPPED = Path(__file__).resolve().parent / "pretrained" / "mnist.pt"
 
 FORMAT = "odenet-checkpoint"
 VERSION = 1
@@ -37,8 +42,14 @@ def load(path: str) -> Dict[str, Any]:
     return state
 
 
-def resolve_path(path: str) -> Path:
-    """A checkpoint file, or a run folder: its ``best.pt`` (chosen on a validation split), else ``last.pt``."""
+def resolve_path(path: Optional[Union[str, Path]]) -> Path:
+    """A checkpoint file, or a run folder: its ``best.pt`` (chosen on a validation split), else ``last.pt``;
+    None (or empty): the model shipped with odenet."""
+    if not path:
+        if not SHIPPED.is_file():
+            raise OdenetError(f"the shipped model is missing from this installation ({SHIPPED.name}); "
+                              "pass --model RUN_DIR|CHECKPOINT")
+        return SHIPPED
     p = Path(path)
     if p.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -50,7 +61,8 @@ def resolve_path(path: str) -> Path:
     return p
 
 
-def load_model(path: str, device: torch.device = torch.device("cpu")) -> Tuple[NeuralODEModel, Config, Dict[str, Any]]:
+def load_model(path: Union[str, Path], device: torch.device = torch.device("cpu")
+               ) -> Tuple[NeuralODEModel, Config, Dict[str, Any]]:
     """Rebuild the model of a checkpoint (or run folder) and load its weights."""
     state = load(str(resolve_path(path)))
     try:
@@ -63,3 +75,52 @@ def load_model(path: str, device: torch.device = torch.device("cpu")) -> Tuple[N
         first = str(e).strip().splitlines()[0]
         raise OdenetError(f"{path}: checkpoint does not match the odenet architecture ({first[:160]})") from None
     return model.to(device), cfg, state
+
+
+def chosen_by(path: Path, cfg: Config) -> str:
+    """How the checkpoint at ``path`` was chosen, for reports: never by the test set."""
+    if Path(path).name == "best.pt" and cfg.val_size > 0:
+        return f"highest accuracy on a {cfg.val_size}-image validation split"
+    if Path(path).name == "last.pt":
+        return "final epoch"
+    if Path(path).resolve() == SHIPPED:
+        return "the shipped model: final epoch of its recipe"
+    return "as given"
+
+
+class Opened(NamedTuple):
+    """A trained model as ``open_model`` returns it: the model (eval mode, on ``device``), its config, the
+    checkpoint dict, the checkpoint's path, its run folder (None for the shipped model) and, when asked for,
+    its test split on the same device."""
+
+    model: NeuralODEModel
+    cfg: Config
+    state: Dict[str, Any]
+    path: Path
+    run: Optional[Path]
+    test: Optional[Split] = None
+
+    @property
+    def chosen_by(self) -> str:
+        return chosen_by(self.path, self.cfg)
+
+    def test_split(self, data_dir: Optional[str] = None, subset: Union[int, None, str] = None) -> Split:
+        """The model's test split on its device: all of it, ``subset`` images, or (``"run"``) the run's own."""
+        cfg = self.cfg
+        n = cfg.test_subset if subset == "run" else subset
+        device = next(self.model.parameters()).device
+        return load_test_split(cfg.dataset, cfg.resolved_data_dir(data_dir), False, device, n, cfg.verify_data)
+
+
+def open_model(ref: Optional[Union[str, Path]] = None, device: Union[str, torch.device] = "cpu", *,
+               test: bool = False, data_dir: Optional[str] = None,
+               test_subset: Union[int, None, str] = None) -> Opened:
+    """Resolve the device, find the checkpoint (``ref``: a run folder, a checkpoint file, or None for the shipped
+    model), read it once, rebuild the model and (``test=True``) load its dataset's test split from ``data_dir``
+    (else the run's own, else ``$ODENET_DATA_DIR``, else the cache): all of it, a fixed subset of ``test_subset``
+    images, or (``"run"``) the subset the run itself was tested on."""
+    path = resolve_path(ref)
+    model, cfg, state = load_model(path, resolve_device(device))
+    model.eval()
+    opened = Opened(model, cfg, state, path, path.parent.parent if path.parent.name == "checkpoints" else None)
+    return opened._replace(test=opened.test_split(data_dir, test_subset)) if test else opened

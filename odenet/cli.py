@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .config import RESUME_MAY_CHANGE, Config, count, load_config_file
+from .config import Config, count, load_config_file
 from .errors import OdenetError
 
 def _train_flags():
@@ -110,7 +110,7 @@ def _train_config(args) -> Config:
 
 def cmd_train(args) -> int:
     from . import distributed
-    from .distributed import resolve_device
+    from .device import resolve_device
     from .train import check_new_run, train
 
     try:
@@ -155,63 +155,52 @@ def cmd_train(args) -> int:
 def _train_run(args):
     """The config and run folder of ``odenet train`` (a new run, or the saved config of ``--resume``)."""
     if args.resume:
-        from .train import saved_config
+        from .train import RESUME_MAY_CHANGE, resume_config
 
-        run = Path(args.resume)
-        extra = [flag for flag, key, *_ in TRAIN_FLAGS + TRAIN_SWITCHES
-                 if getattr(args, key) is not None and key not in RESUME_MAY_CHANGE]
+        given = {key: getattr(args, key) for _, key, *_ in TRAIN_FLAGS + TRAIN_SWITCHES if getattr(args, key) is not None}
+        extra = [flag for flag, key, *_ in TRAIN_FLAGS + TRAIN_SWITCHES if key in given and key not in RESUME_MAY_CHANGE]
         if extra or args.config:
-            raise OdenetError(f"--resume continues the run's saved config; only --epochs, --device, --data-dir, "
-                              f"--no-report, --tensorboard and --no-progress may change "
-                              f"(got {', '.join(extra or ['--config'])})")
-        cfg = saved_config(run)
-        for key in RESUME_MAY_CHANGE:
-            if getattr(args, key) is not None:
-                setattr(cfg, key, getattr(args, key))
-        return cfg.validate(), run
+            flags = [flag for flag, key, *_ in TRAIN_FLAGS + TRAIN_SWITCHES if key in RESUME_MAY_CHANGE]
+            raise OdenetError(f"--resume continues the run's saved config; only {', '.join(flags)} and --no-progress "
+                              f"may change (got {', '.join(extra or ['--config'])})")
+        return resume_config(Path(args.resume), given), Path(args.resume)
     cfg = _train_config(args)
     return cfg, cfg.run_folder()
 
 
 def cmd_evaluate(args) -> int:
-    from .checkpoint import load_model, resolve_path
-    from .shipped import chosen_by, model_path
-    from .data import class_names, load
+    from .checkpoint import open_model
+    from .data import class_names
     from .evaluate import run_eval
-    from .distributed import resolve_device
 
-    device = resolve_device(args.device)
-    ck_path = resolve_path(model_path(args.model))
-    model, cfg, state = load_model(str(ck_path), device)
-    split = load(cfg.dataset, cfg.resolved_data_dir(args.data_dir), False, device, args.test_subset, cfg.verify_data)
+    m = open_model(args.model, args.device, test=True, data_dir=args.data_dir, test_subset=args.test_subset)
+    cfg, state, ck_path = m.cfg, m.state, m.path
     names = class_names(cfg.dataset)
-    ev = run_eval(model, split, args.batch_size, len(names))
+    ev = run_eval(m.model, m.test, args.batch_size, len(names))
     result = {"split": "test", "checkpoint": str(ck_path), "checkpoint_epoch": state["epoch"],
-              "chosen_by": chosen_by(ck_path, cfg), "dataset": cfg.dataset, "solver": cfg.solver, "n": ev["n"],
+              "chosen_by": m.chosen_by, "dataset": cfg.dataset, "solver": cfg.solver, "n": ev["n"],
               "accuracy": ev["acc"], "loss": ev["loss"], "nfe_mean": ev["nfe"],
               "images_per_s": ev["images_per_s"], "per_class_accuracy": dict(zip(names, ev["per_class_acc"]))}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"{cfg.dataset} test set ({ev['n']} images); {ck_path.name} after epoch {state['epoch']} "
-              f"({chosen_by(ck_path, cfg)}); solver {cfg.solver}")
+              f"({m.chosen_by}); solver {cfg.solver}")
         print(f"accuracy {ev['acc']:.4f}  loss {ev['loss']:.4f}  mean NFE {ev['nfe']:.1f}  {ev['images_per_s']:.0f} images/s")
         print("per-class accuracy: " + "  ".join(f"{n}: {a:.4f}" for n, a in zip(names, ev["per_class_acc"])))
     return 0
 
 
 def cmd_predict(args) -> int:
-    from .checkpoint import load_model
+    from .checkpoint import open_model
     from .data import class_names
     from .evaluate import predict
     from .ood import from_checkpoint
     from .images import prepare_image
-    from .shipped import model_path
-    from .distributed import resolve_device
 
     if args.top < 1 or args.top > 10:
         raise OdenetError("--top must be between 1 and 10")
-    model, cfg, state = load_model(model_path(args.model), resolve_device(args.device))
+    model, cfg, state, *_ = open_model(args.model, args.device)
     names = class_names(cfg.dataset)
     images, read, failed = [], [], 0
     for p in args.images:  # every file gets its answer or its one-line error; one bad file stops nothing
@@ -235,14 +224,14 @@ def cmd_predict(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .shipped import model_path
+    from .checkpoint import resolve_path
 
     try:
         from .demo import serve
     except ImportError as e:
         raise OdenetError(f"the demo needs the demo extra ({e.name} is missing): "
                           "pip install 'odenet-mnist[demo]'") from None
-    serve(model_path(args.model), host=args.host, port=args.port, share=args.share, device=args.device)
+    serve(str(resolve_path(args.model)), host=args.host, port=args.port, share=args.share, device=args.device)
     return 0
 
 

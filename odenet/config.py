@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .errors import OdenetError
-from .ode.settings import FIXED_METHODS, NATIVE_METHODS
+from .ode.tableaus import FIXED_METHODS, NATIVE_METHODS
 
 DATASETS = ("mnist", "fashion-mnist")
 # settings that do not change what is trained, so a resumed run may set them anew
 MAX_CONFIG_BYTES = 100_000
-RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "report", "tensorboard")
 # upper bounds on what a setting may ask for, checked before anything is allocated
 _LIMITS = dict(ode_dim=4096, batch_size=60_000, eval_batch_size=60_000, max_steps=10_000_000, epochs=100_000,
                t_end=1_000.0, val_size=59_000)
@@ -284,19 +283,3 @@ def cache_data_dir() -> str:
     """The per-user cache folder: the only data folder odenet ever downloads into."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "odenet", "data")
-
-
-def epoch_lr(cfg: Config, epoch: int) -> float:
-    """Learning rate of 0-based ``epoch``: ``lr`` throughout, or a cosine decay from ``lr`` over ``epochs``."""
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
-
-
-def step_lr(cfg: Config, epoch: int, batch: int, batches_per_epoch: int) -> float:
-    """Learning rate of one batch: ``epoch_lr`` times a linear warm-up over the first ``warmup_epochs``."""
-    lr = epoch_lr(cfg, epoch)
-    if cfg.warmup_epochs > 0:
-        done = (epoch + (batch + 1) / batches_per_epoch) / cfg.warmup_epochs
-        lr *= min(1.0, done)
-    return lr

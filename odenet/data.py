@@ -93,7 +93,7 @@ def _download(dataset: str, root: Path, train: bool) -> None:
             f"({msg}); pass --data-dir (or set ODENET_DATA_DIR) to a folder holding them") from None
 
 
-def load_split(dataset: str, root: str, train: bool, verify: bool = True,
+def read_split(dataset: str, root: str, train: bool, verify: bool = True,
                download: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """Images ``(N, 28, 28)`` uint8 and labels ``(N,)`` uint8 of one split."""
     if dataset not in FOLDERS:
@@ -271,7 +271,7 @@ def subset_indices(n: int, k: Optional[int]) -> Optional[torch.Tensor]:
 def load(dataset: str, root: str, train: bool, device: torch.device, subset: Optional[int] = None,
          verify: bool = True) -> Split:
     """Load one split onto ``device`` (normalized), optionally a fixed random subset of it."""
-    images, labels = load_split(dataset, root, train, verify=verify)
+    images, labels = read_split(dataset, root, train, verify=verify)
     x = torch.from_numpy(images.copy())
     y = torch.from_numpy(labels.astype(np.int64))
     idx = subset_indices(len(y), subset)

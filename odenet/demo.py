@@ -201,26 +201,20 @@ class Predictor:
 
 def load_predictor(model_ref: str, device: str = "cpu") -> Predictor:
     """A run folder or checkpoint (the shipped one included) -> Predictor with its flow map."""
-    from .checkpoint import load, load_model, resolve_path
-    from .data import load as load_split
+    from .checkpoint import open_model
     from .flow import cached_flow_map
-    from .distributed import resolve_device
 
-    dev = resolve_device(device)
-    path = resolve_path(model_ref)
-    model, cfg, _ = load_model(str(path), dev)
-    state = load(str(path))
+    m = open_model(model_ref, device)
     fmap = None
-    if "flow_map" in state:
-        fmap = FlowMap.from_state(state["flow_map"])
+    if "flow_map" in m.state:
+        fmap = FlowMap.from_state(m.state["flow_map"])
     else:  # a user's run: built once from its test set and cached in the run folder
-        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         try:
-            fmap = cached_flow_map(run, model, lambda: load_split(cfg.dataset, cfg.resolved_data_dir(), False, dev,
-                                                                  None, cfg.verify_data))
+            fmap = cached_flow_map(m.run or m.path.parent, m.model,
+                                   m.test_split)
         except (OdenetError, OSError) as e:
             log.warning("no flow map: %s", e)
-    return Predictor(model, cfg.dataset, fmap, detector=ood.from_checkpoint(state))
+    return Predictor(m.model, m.cfg.dataset, fmap, detector=ood.from_checkpoint(m.state))
 
 
 class Oversize(NamedTuple):

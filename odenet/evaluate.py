@@ -22,9 +22,8 @@ def run_eval(model: NeuralODEModel, split: Split, batch_size: int = 1000, num_cl
     preds: List[torch.Tensor] = []
     start = time.perf_counter()
     for x, y in split.batches(batch_size):
-        model.nfe = 0
         logits = model(x)
-        nfe += model.nfe
+        nfe += model.stats.nfe_forward
         batches += 1
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         p = logits.argmax(1)

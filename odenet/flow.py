@@ -46,14 +46,13 @@ def decision_along_flow(model: NeuralODEModel, x: torch.Tensor, n_times: int = 4
     block = model.odeblock
     t_end = float(solver.pop("t_end", block.t_end))
     start = time.perf_counter()
-    model.nfe = 0
     z0 = model.encode(x)
     ts = np.linspace(0.0, t_end, n_times)
     with block.settings(t_end=t_end):
         z = block.trajectory(z0, ts.tolist(), **solver)[:, 0]
     probs = torch.softmax(model.classifier(z), -1)
     ms = (time.perf_counter() - start) * 1e3
-    return Flow(ts, z.cpu().numpy(), probs.cpu().numpy(), model.nfe, ms)
+    return Flow(ts, z.cpu().numpy(), probs.cpu().numpy(), model.stats.nfe_forward, ms)
 
 
 @dataclass

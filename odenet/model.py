@@ -40,7 +40,7 @@ def _plain_tensor(x) -> bool:
 
 
 class ODEFunc(nn.Module):
-    """f_theta: the 64-128-128-128-64 MLP. Counts its evaluations in ``nfe`` (reset it yourself).
+    """f_theta: the 64-128-128-128-64 MLP (its evaluations are counted by the solve: ``ODEBlock.stats``).
 
     Besides ``forward`` it has hand-written fast paths (a graph-free forward and a fused ``vjp``) that the engine
     uses only while ``fast_paths()`` finds the module exactly as written here: change anything (layers,
@@ -55,11 +55,9 @@ class ODEFunc(nn.Module):
             nn.Linear(hidden, hidden), nn.ReLU(),
             nn.Linear(hidden, dim),
         )
-        self.nfe = 0
 
     def forward(self, t, z: torch.Tensor) -> torch.Tensor:
         """dz/dt for ``z`` of shape ``(B, dim)``; autonomous, ``t`` is unused."""
-        self.nfe += 1
         return self.net(z)
 
     def fast_paths(self) -> Optional[Tuple[Callable, Callable]]:
@@ -99,7 +97,6 @@ class ODEFunc(nn.Module):
         """``forward`` without module calls or a graph when autograd is off (only valid under ``fast_paths()``)."""
         if torch.is_grad_enabled() or z.dim() != 2:
             return self(t, z)
-        self.nfe += 1
         return self._mlp(z, self._linears())
 
     @staticmethod
@@ -119,7 +116,7 @@ class ODEFunc(nn.Module):
         """``(f(z), a df/dz, a df/dtheta flattened in parameters() order)``: the hand-written backward when
         ``fast_paths()`` allows it, else autograd. ``kinetic`` (per-sample weights ``c``, shape ``(B, 1)``) makes
         the cotangent ``a + 2 c f(z)``: the adjoint of the running cost ``c |f(z)|^2`` (the kinetic energy's
-        gradient). Counts one evaluation."""
+        gradient)."""
         if self.fast_paths() is None:
             return self._autograd_vjp(t, z, a, kinetic)
         return self._fused_vjp(t, z, a, kinetic)
@@ -136,7 +133,6 @@ class ODEFunc(nn.Module):
         it at every stage (only valid under ``fast_paths()``); states other than ``(B, dim)`` take autograd."""
         if z.dim() != 2:
             return self._autograd_vjp(t, z, a, kinetic)
-        self.nfe += 1
         linears = self._linears()
         inputs: List[torch.Tensor] = []
         h = self._mlp(z, linears, inputs)
@@ -391,13 +387,6 @@ class NeuralODEModel(nn.Module):
     @property
     def stats(self) -> Optional[Stats]:
         """Solver statistics of the last call: ``nfe_forward``, ``steps_forward``, ``rejected_forward`` and, after
-        ``backward()``, the adjoint's ``nfe_backward``, ``steps_backward``, ``rejected_backward`` (native engine)."""
+        ``backward()``, the adjoint's ``nfe_backward``, ``steps_backward``, ``rejected_backward`` (the step counts
+        are the native engine's; on torchdiffeq only the evaluations are counted)."""
         return self.odeblock.stats
-
-    @property
-    def nfe(self) -> int:
-        return self.odefunc.nfe
-
-    @nfe.setter
-    def nfe(self, value: int) -> None:
-        self.odefunc.nfe = value

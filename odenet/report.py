@@ -13,12 +13,11 @@ import numpy as np
 import torch
 
 from . import figures
-from .checkpoint import load_model, resolve_path
+from .checkpoint import open_model
 from .files import atomic_write_text
-from .data import STATS, Split, class_names, load
+from .data import STATS, Split, class_names
 from .errors import OdenetError
 from .model import NeuralODEModel
-from .shipped import chosen_by
 
 FIGURES = ["training_history", "ode_trajectories", "latent_space", "ode_dynamics", "confusion_matrix", "predictions"]
 CAPTIONS = {
@@ -162,25 +161,19 @@ def make_figures(run: Path, history: List[Dict], data: ReportData, names: List[s
 
 def write_report(run: Path, data_dir: Optional[str] = None, device: str = "auto", tsne_points: int = 2000) -> Path:
     """Render the six figures and ``report.html`` for a run folder; returns the HTML path."""
-    from .distributed import resolve_device
-
     start = time.perf_counter()
     run = Path(run)
     if not run.is_dir():
         raise OdenetError(f"no such run folder: {run}")
     history = read_history(run)
-    ck = resolve_path(str(run))
-    dev = resolve_device(device)
-    model, cfg, state = load_model(str(ck), dev)
-    split = load(cfg.dataset, cfg.resolved_data_dir(data_dir), False, dev, cfg.test_subset,
-                 cfg.verify_data)
-    names = class_names(cfg.dataset)
-    data = collect(model, split, cfg.dataset)
+    m = open_model(run, device, test=True, data_dir=data_dir, test_subset="run")
+    names = class_names(m.cfg.dataset)
+    data = collect(m.model, m.test, m.cfg.dataset)
     res = make_figures(run, history, data, names, tsne_points)
     acc = float((data.probs.argmax(1) == data.labels).mean())
     seconds = time.perf_counter() - start
-    page = render_html(run, cfg.to_dict(), history, str(model), ck.name, state["epoch"], acc, len(data.labels),
-                       res["latent_space"]["scores"], seconds, chosen_by(ck, cfg), flow_stats(data))
+    page = render_html(run, m.cfg.to_dict(), history, str(m.model), m.path.name, m.state["epoch"], acc,
+                       len(data.labels), res["latent_space"]["scores"], seconds, m.chosen_by, flow_stats(data))
     out = run / "report.html"
     atomic_write_text(out, page)
     return out

@@ -7,13 +7,15 @@ Run folder ``<out>/<name>/``: ``config.yaml`` (resolved), ``metrics.jsonl`` (one
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import signal
 import threading
 import time
-from pathlib import Path
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
@@ -21,8 +23,9 @@ import torch.nn.functional as F
 import yaml
 
 from . import checkpoint, distributed
-from .config import RESUME_MAY_CHANGE, Config, load_config_file, step_lr
-from .data import background_value, carve_validation, class_names, load, random_affine
+from .config import Config, check_names, load_config_file
+from .data import Shard, background_value, carve_validation, class_names, load, random_affine
+from .device import resolve_device
 from .errors import DivergenceError, Interrupted, OdenetError, SolverError
 from .evaluate import run_eval
 from .files import atomic_write_text
@@ -31,8 +34,35 @@ from .model import NeuralODEModel
 EpochHook = Callable[[Path, List[Dict]], None]
 
 
-def build_model(cfg: Config) -> NeuralODEModel:
-    return NeuralODEModel.from_config(cfg)
+# What ``--resume`` (and ``fit(resume=...)``) may change: everything else continues as the run was saved.
+RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "report", "tensorboard")
+
+
+def resume_config(run: Path, changes: Dict) -> Config:
+    """The saved config of run folder ``run`` with ``changes`` (settings of ``RESUME_MAY_CHANGE`` only) applied:
+    the one rule of what a resumed run may change, for the command line and the Python API alike."""
+    check_names(changes)
+    other = sorted(set(changes) - set(RESUME_MAY_CHANGE))
+    if other:
+        raise OdenetError(f"resume continues the run's saved config; only {', '.join(RESUME_MAY_CHANGE)} may "
+                          f"change (got {', '.join(other)})")
+    return dataclasses.replace(saved_config(run), **changes).validate()
+
+
+def epoch_lr(cfg: Config, epoch: int) -> float:
+    """Learning rate of 0-based ``epoch``: ``lr`` throughout, or a cosine decay from ``lr`` over ``epochs``."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+def step_lr(cfg: Config, epoch: int, batch: int, batches_per_epoch: int) -> float:
+    """Learning rate of one batch: ``epoch_lr`` times a linear warm-up over the first ``warmup_epochs``."""
+    lr = epoch_lr(cfg, epoch)
+    if cfg.warmup_epochs > 0:
+        done = (epoch + (batch + 1) / batches_per_epoch) / cfg.warmup_epochs
+        lr *= min(1.0, done)
+    return lr
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, optimizer: str = "adam",
@@ -76,57 +106,95 @@ class StepStats(NamedTuple):
     nfe_b: int  # backward NFE of this rank
 
 
+class _Forward(NamedTuple):
+    loss: Optional[torch.Tensor]  # what is differentiated (None when the solve failed)
+    loss_sum: float  # the reported loss summed over the images (times their weight)
+    correct: float
+    nfe: int
+    failure: str  # a failed solve's message, or ""
+
+
+def _forward(net: torch.nn.Module, model: NeuralODEModel, x: torch.Tensor, y: torch.Tensor, label_smoothing: float,
+             kinetic: float, mean: bool = True, weight: float = 1.0) -> _Forward:
+    """The loss of a batch: cross-entropy (mean, or ``mean=False`` the sum), plus ``kinetic`` times each image's
+    ``integral_0^T |f(z(t))|^2 dt`` (the model's ``energy`` output), which trains but is not reported."""
+    try:
+        with _solver_failures():
+            logits, energy = net(x, energy=True) if kinetic else (net(x), None)
+    except DivergenceError as e:
+        return _Forward(None, 0.0, 0.0, 0, str(e))
+    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction="mean" if mean else "sum")
+    loss_sum = loss.item() * (len(y) if mean else weight)
+    if energy is not None:
+        loss = loss + kinetic * (energy.mean() if mean else energy.sum())
+    correct = (logits.argmax(1) == y).sum().item() * weight
+    return _Forward(loss, loss_sum, correct, model.stats.nfe_forward, "")
+
+
+def _update(model: NeuralODEModel, opt: torch.optim.Optimizer, loss: torch.Tensor) -> int:
+    """Backward (the adjoint's solve) and the optimizer's step; the backward NFE."""
+    opt.zero_grad(set_to_none=True)
+    with _solver_failures():
+        loss.backward()
+    opt.step()
+    return model.stats.nfe_backward
+
+
 def train_step(model: NeuralODEModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               label_smoothing: float = 0.0, *, net: Optional[torch.nn.Module] = None,
-               ctx: distributed.Context = distributed.SINGLE, weight: float = 1.0, stop: bool = False,
-               kinetic: float = 0.0) -> StepStats:
-    """One optimisation step on a batch, or under DDP (``net`` wraps ``model``) on this rank's shard of it.
+               label_smoothing: float = 0.0, kinetic: float = 0.0) -> StepStats:
+    """One optimisation step on a batch: the mean cross-entropy (plus ``kinetic`` times the mean kinetic energy,
+    which trains but is not reported), its adjoint gradient, the optimizer's step. A failed solve or a non-finite
+    loss raises ``DivergenceError`` before any update."""
+    fw = _forward(model, model, x, y, label_smoothing, kinetic)
+    if fw.failure:
+        raise DivergenceError(fw.failure)
+    if not math.isfinite(fw.loss_sum):
+        raise DivergenceError(f"loss is {fw.loss_sum / len(y)}")
+    nfe_b = _update(model, opt, fw.loss)
+    return StepStats(fw.loss_sum / len(y), fw.correct, len(y), fw.nfe, nfe_b)
+
+
+def shard_step(model: NeuralODEModel, opt: torch.optim.Optimizer, shard: Shard, cfg: Config, *,
+               net: Optional[torch.nn.Module] = None, ctx: distributed.Context = distributed.SINGLE,
+               stop: bool = False) -> StepStats:
+    """``train_step`` as the training loop runs it: this rank's ``shard`` of the batch through ``net`` (DDP
+    around ``model``), the ranks agreeing before any update.
 
     The ranks sum their loss, counts and flags before the backward pass, so they all step, all stop
-    (``stop``: a signal arrived; raises ``KeyboardInterrupt``) or all raise ``DivergenceError`` (a
-    non-finite loss or a failed solve) before any update. Under DDP a rank's loss is its shard's loss sum
-    times ``world / batch size``: DDP's gradient average is then exactly the mean over the whole batch.
-    ``weight`` 0 marks a stand-in image (see ``Split.shards``). ``kinetic`` > 0 adds ``kinetic`` times each
-    image's ``integral_0^T |f(z(t))|^2 dt`` (the model's ``energy`` output) to its loss.
+    (``stop``: a signal arrived; raises ``KeyboardInterrupt``) or all raise ``DivergenceError`` (a non-finite
+    loss or a failed solve). Under DDP a rank's loss is its shard's loss sum times ``world / batch size``: DDP's
+    gradient average is then exactly the mean over the whole batch. ``shard.weight`` 0 marks a stand-in image
+    (see ``Split.shards``). In one process (``ctx`` single) it is ``train_step`` plus the stop flag.
     """
-    net = net or model
-    model.nfe = 0
-    failure, loss_sum, correct = "", 0.0, 0.0
-    try:
-        logits, energy = net(x, energy=True) if kinetic else (net(x), None)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction="sum" if ctx.active else "mean")
-        loss_sum = loss.item() * (weight if ctx.active else len(y))
-        if energy is not None:  # the regularizer trains but is not reported in the loss
-            loss = loss + kinetic * (energy.sum() if ctx.active else energy.mean())
-        correct = (logits.argmax(1) == y).sum().item() * weight
-    except (SolverError, AssertionError) as e:
-        if not _solver_failure(e):
-            raise
-        failure = str(e)
-    nfe_f, model.nfe = model.nfe, 0
+    fw = _forward(net or model, model, shard.x, shard.y, cfg.label_smoothing, cfg.kinetic, mean=not ctx.active,
+                  weight=shard.weight)
     loss_sum, correct, n, nfe_f, stops, failures = ctx.all_sum(
-        [loss_sum, correct, len(y) * weight, nfe_f, stop, bool(failure)])
+        [fw.loss_sum, fw.correct, len(shard.y) * shard.weight, fw.nfe, stop, bool(fw.failure)])
     if failures:
-        raise ctx.agreed(DivergenceError(failure or "the solver failed on another rank"))
+        raise ctx.agreed(DivergenceError(fw.failure or "the solver failed on another rank"))
     if stops:
         raise KeyboardInterrupt
     if not math.isfinite(loss_sum):
         raise ctx.agreed(DivergenceError(f"loss is {loss_sum / n}"))
-    opt.zero_grad(set_to_none=True)
-    if ctx.active:  # this rank's sum, scaled so that DDP's average over the ranks is the whole batch's mean
-        loss = loss * (ctx.world * weight / n)
-    loss.backward()
-    opt.step()
-    return StepStats(loss_sum / n, correct, n, nfe_f / ctx.world, model.nfe)
+    loss = fw.loss * (ctx.world * shard.weight / n) if ctx.active else fw.loss
+    nfe_b = _update(model, opt, loss)
+    return StepStats(loss_sum / n, correct, n, nfe_f / ctx.world, nfe_b)
 
 
 def _write_metrics(run: Path, history: List[Dict]) -> None:
     atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
 
-def _solver_failure(e: BaseException) -> bool:
-    return isinstance(e, SolverError) or (isinstance(e, AssertionError) and
-                                          ("underflow" in str(e) or "max_num_steps" in str(e)))
+@contextmanager
+def _solver_failures():
+    """The one place a failed solve becomes a ``DivergenceError``: odenet's ``SolverError`` and torchdiffeq's
+    step-size assertions (underflow, too many steps); any other error passes through."""
+    try:
+        yield
+    except (SolverError, AssertionError) as e:
+        if isinstance(e, AssertionError) and not ("underflow" in str(e) or "max_num_steps" in str(e)):
+            raise
+        raise DivergenceError(str(e)) from None
 
 
 @dataclass
@@ -154,7 +222,7 @@ class _State:
 
     def __init__(self, cfg: Config, device: torch.device):
         self.cfg = cfg
-        self.model = build_model(cfg).to(device)
+        self.model = NeuralODEModel.from_config(cfg).to(device)
         self.opt = make_optimizer(self.model, cfg.lr, cfg.optimizer, cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -196,7 +264,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
     Under torchrun (``ctx`` from ``distributed.setup``) every rank trains its shard of each batch through
     DDP; rank 0 alone evaluates, logs and writes the run folder.
     """
-    ctx = ctx or distributed.Context(device=distributed.resolve_device(cfg.device))
+    ctx = ctx or distributed.Context(device=resolve_device(cfg.device))
     log = (log or (lambda msg: print(msg, flush=True))) if ctx.is_main else (lambda msg: None)
     _check(cfg, ctx, log)
     torch.manual_seed(cfg.seed)
@@ -288,11 +356,9 @@ def _run_epoch(st: _State, net, train_set, epoch: int, ctx: distributed.Context,
                               rows=(shard.start, shard.total), flip=cfg.aug_flip,
                               elastic=cfg.aug_elastic, elastic_sigma=cfg.aug_elastic_sigma)
         try:
-            step = train_step(model, st.opt, x, shard.y, cfg.label_smoothing, net=net, ctx=ctx,
-                              weight=shard.weight, stop=stop.signal is not None, kinetic=cfg.kinetic)
-        except (DivergenceError, SolverError, AssertionError) as e:  # a backward solve fails here
-            if isinstance(e, AssertionError) and not _solver_failure(e):
-                raise
+            step = shard_step(model, st.opt, shard._replace(x=x), cfg, net=net, ctx=ctx,
+                              stop=stop.signal is not None)
+        except DivergenceError as e:
             raise ctx.agreed(DivergenceError(
                 f"training diverged at epoch {epoch + 1}, batch {b + 1}: {e}; "
                 f"last good checkpoint kept in {run / 'checkpoints'}")) from None

@@ -14,6 +14,23 @@ import torch
 torch.set_num_threads(int(os.environ.get("ODENET_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
+class CallCounter:
+    """Counts a module's calls from the caller's side (a forward pre-hook): an independent check of ``Stats``.
+    A hooked ``ODEFunc`` runs its module call, never the hand-written fast paths."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.n = 0
+        module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args) -> None:
+        self.n += 1
+
+    def take(self) -> int:
+        """The count so far, and start again from 0."""
+        n, self.n = self.n, 0
+        return n
+
+
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
     """Write a uint8 array as an IDX file (gzipped when ``compress``)."""
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)

@@ -15,7 +15,7 @@ def _tool():
 def test_the_layers_hold(capsys):
     assert _tool().main([]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
-    assert out.strip().endswith("0 problems") and "ode.frontend -> " in out
+    assert out.strip().endswith("0 problems") and "ode.integrate -> " in out
 
 
 def test_the_check_sees_a_cycle_and_an_upward_import(monkeypatch, capsys):

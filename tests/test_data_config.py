@@ -10,13 +10,13 @@ import torch
 
 from conftest import make_dataset, needs_data, needs_fashion, real_data_dir, synthetic_digits, write_idx
 from odenet.config import Config, load_config_file
-from odenet.data import load, load_split, read_idx
+from odenet.data import load, read_split, read_idx
 from odenet.errors import OdenetError
 
 
 def test_loader_reads_self_written_idx(tmp_path):
     root = make_dataset(tmp_path, n_train=50, n_test=20)
-    x, y = load_split("mnist", str(root), True, verify=False)
+    x, y = read_split("mnist", str(root), True, verify=False)
     ex, ey = synthetic_digits(50, 0)
     assert np.array_equal(x, ex) and np.array_equal(y, ey)
     split = load("mnist", str(root), False, torch.device("cpu"), verify=False)
@@ -31,14 +31,14 @@ def test_uncompressed_idx_is_accepted(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     write_idx(raw / "t10k-images-idx3-ubyte", x, compress=False)
     write_idx(raw / "t10k-labels-idx1-ubyte", y, compress=False)
-    xx, yy = load_split("mnist", str(tmp_path), False, verify=True)
+    xx, yy = read_split("mnist", str(tmp_path), False, verify=True)
     assert np.array_equal(xx, x) and np.array_equal(yy, y)
 
 
 def test_md5_failure_is_detected(tmp_path):
     root = make_dataset(tmp_path, n_train=20, n_test=20)
     with pytest.raises(OdenetError, match="MD5"):
-        load_split("mnist", str(root), True, verify=True)
+        read_split("mnist", str(root), True, verify=True)
 
 
 def test_truncated_file_is_detected(tmp_path):
@@ -46,7 +46,7 @@ def test_truncated_file_is_detected(tmp_path):
     p = root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
     p.write_bytes(p.read_bytes()[:-40])
     with pytest.raises(OdenetError, match="truncated|corrupt"):
-        load_split("mnist", str(root), True, verify=False)
+        read_split("mnist", str(root), True, verify=False)
     p.write_bytes(gzip.compress(gzip.decompress(make_dataset(tmp_path / "b", 20, 20).joinpath(
         "MNIST/raw/train-images-idx3-ubyte.gz").read_bytes())[:-100]))
     with pytest.raises(OdenetError, match="truncated"):
@@ -64,14 +64,14 @@ def test_missing_files_without_network_is_one_clear_error(tmp_path, monkeypatch)
     from odenet.config import cache_data_dir
 
     with pytest.raises(OdenetError, match="download failed.*--data-dir"):  # only the cache is downloaded into
-        load_split("mnist", cache_data_dir(), True)
+        read_split("mnist", cache_data_dir(), True)
     # the test split (all that evaluate needs) names its own files, not the training files
     with pytest.raises(OdenetError, match="t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz") as e:
-        load_split("mnist", cache_data_dir(), False)
+        read_split("mnist", cache_data_dir(), False)
     assert "train-" not in str(e.value).split("(")[0]
     # a folder the user names is only ever read: no download into it, not even its creation
     with pytest.raises(OdenetError, match="never writes into it"):
-        load_split("mnist", str(tmp_path / "empty"), True)
+        read_split("mnist", str(tmp_path / "empty"), True)
     assert not (tmp_path / "empty").exists()
 
 
@@ -123,10 +123,10 @@ def test_read_only_folder_is_not_written(tmp_path, monkeypatch):
 @needs_data
 def test_real_mnist_loads_with_md5_and_published_class_counts():
     d = real_data_dir()
-    x, y = load_split("mnist", str(d), True, verify=True)
+    x, y = read_split("mnist", str(d), True, verify=True)
     assert x.shape == (60000, 28, 28)
     assert np.bincount(y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-    xt, yt = load_split("mnist", str(d), False, verify=True)
+    xt, yt = read_split("mnist", str(d), False, verify=True)
     assert np.bincount(yt).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
@@ -162,7 +162,7 @@ def test_config_files(tmp_path):
 
 @needs_fashion
 def test_real_fashion_mnist_loads_with_md5():
-    x, y = load_split("fashion-mnist", str(real_data_dir()), False, verify=True)
+    x, y = read_split("fashion-mnist", str(real_data_dir()), False, verify=True)
     assert x.shape == (10000, 28, 28) and np.bincount(y).tolist() == [1000] * 10
 
 

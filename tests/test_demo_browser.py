@@ -29,7 +29,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def url():
     from odenet.demo import serve
-    from odenet.shipped import SHIPPED
+    from odenet.checkpoint import SHIPPED
 
     port = free_port()
     app = serve(str(SHIPPED), port=port, block=False)
@@ -131,9 +131,9 @@ def _digit_files(tmp_path, n=5):
     """Five real MNIST test digits as PNG files, or five digits drawn with PIL without the data."""
     paths = []
     if real_data_dir() is not None:
-        from odenet.data import load_split
+        from odenet.data import read_split
 
-        images, labels = load_split("mnist", str(real_data_dir()), False)
+        images, labels = read_split("mnist", str(real_data_dir()), False)
         for i in range(n):
             p = tmp_path / f"mnist{i}_{labels[i]}.png"
             Image.fromarray(images[i]).resize((112, 112), Image.BILINEAR).save(p)

@@ -27,7 +27,7 @@ def test_predictor_writes_each_image_once(tmp_path):
     import numpy as np
 
     from odenet.demo import load_predictor
-    from odenet.shipped import SHIPPED
+    from odenet.checkpoint import SHIPPED
 
     pred = load_predictor(str(SHIPPED))
     pred.out_dir = tmp_path

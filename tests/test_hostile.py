@@ -21,7 +21,7 @@ import yaml
 
 from odenet import checkpoint
 from odenet.cli import main
-from odenet.shipped import SHIPPED
+from odenet.checkpoint import SHIPPED
 
 FAST = 20.0  # seconds: every refusal here comes before any training; generous for a loaded 2-core machine
 

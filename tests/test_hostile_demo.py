@@ -185,7 +185,7 @@ def test_the_server_stayed_small_and_clean(server, client, seven):
 
 def test_analytics_are_off_and_the_budget_is_on_the_page():
     from odenet import demo
-    from odenet.shipped import SHIPPED
+    from odenet.checkpoint import SHIPPED
 
     app = demo.build_app(demo.load_predictor(str(SHIPPED)))
     assert app.analytics_enabled is False and os.environ.get("GRADIO_ANALYTICS_ENABLED") == "False"

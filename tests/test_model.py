@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import CallCounter
 from odenet.model import NeuralODEModel
 from odenet.ode.adjoint import autograd_vjp
 
@@ -29,10 +30,10 @@ def test_odefunc_is_shared_and_counted_once():
 
 def test_forward_shapes_and_nfe():
     m = NeuralODEModel()
-    m.nfe = 0
+    calls = CallCounter(m.odefunc)
     out = m(torch.randn(5, 1, 28, 28))
     assert out.shape == (5, 10)
-    assert m.nfe >= 8  # dopri5: f0 + initial step + >= 1 step of 6 stages
+    assert m.stats.nfe_forward == calls.n >= 8  # dopri5: f0 + initial step + >= 1 step of 6 stages
 
 
 def test_fused_vjp_equals_autograd():

@@ -10,7 +10,7 @@ from conftest import needs_data, real_data_dir
 from odenet import ood
 from odenet.checkpoint import load, load_model
 from odenet.cli import main
-from odenet.shipped import SHIPPED
+from odenet.checkpoint import SHIPPED
 
 
 
@@ -96,14 +96,14 @@ def test_demo_summary_shows_the_flag(tmp_path):
 @needs_data
 def test_on_real_data_digits_pass_and_other_pictures_are_flagged():
     """The shipped threshold (fitted on training images only): MNIST test digits pass, the rest does not."""
-    from odenet.data import load_split, normalize
+    from odenet.data import read_split, normalize
 
     root = str(real_data_dir())
     model, _, state = load_model(str(SHIPPED))
     det = ood.from_checkpoint(state)
     rng = np.random.default_rng(0)
-    te, _ = load_split("mnist", root, False)
-    fa, _ = load_split("fashion-mnist", root, False)
+    te, _ = read_split("mnist", root, False)
+    fa, _ = read_split("fashion-mnist", root, False)
     sets = {"mnist": te[rng.permutation(len(te))[:2000]], "fashion": fa[rng.permutation(len(fa))[:2000]],
             "noise": rng.integers(0, 256, (500, 28, 28)).astype(np.uint8)}
     flagged = {k: float(det.flags(det.score(ood.logits_and_features(model, normalize(torch.from_numpy(v),

@@ -14,7 +14,7 @@ from odenet.cli import main
 from odenet.errors import OdenetError
 from odenet.evaluate import predict, run_eval
 from odenet.images import prepare_image
-from odenet.shipped import SHIPPED
+from odenet.checkpoint import SHIPPED
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,9 +123,9 @@ def on_paper(digit: np.ndarray, rng: np.random.Generator, size: int = 160) -> np
 
 @needs_data
 def test_photos_of_ink_on_paper_within_three_points_of_clean(tmp_path):
-    from odenet.data import load_split
+    from odenet.data import read_split
 
-    images, labels = load_split("mnist", str(real_data_dir()), False)
+    images, labels = read_split("mnist", str(real_data_dir()), False)
     pick = np.random.default_rng(0).permutation(len(labels))[:600]
     model, cfg, _ = load_model(str(SHIPPED))
     rng = np.random.default_rng(1)

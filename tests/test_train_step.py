@@ -1,4 +1,5 @@
-"""One optimisation step (odenet.train.train_step), checked against the same step written out by hand."""
+"""One optimisation step (odenet.train.train_step, and shard_step as the loop runs it under torchrun), checked
+against the same step written out by hand."""
 import copy
 
 import pytest
@@ -8,7 +9,14 @@ import torch.nn.functional as F
 from odenet import distributed
 from odenet.errors import DivergenceError, OdenetError, SolverError
 from odenet.model import NeuralODEModel
-from odenet.train import make_optimizer, train_step
+from odenet.config import Config
+from odenet.data import Shard
+from odenet.train import make_optimizer, shard_step, train_step
+
+
+def rank_step(model, opt, x, y, ctx=distributed.SINGLE, weight=1.0, stop=False, kinetic=0.0):
+    """``shard_step`` on a shard holding the whole batch ``x, y``."""
+    return shard_step(model, opt, Shard(x, y, 0, len(y), weight), Config(kinetic=kinetic), ctx=ctx, stop=stop)
 
 
 def setup(seed=0, n=8, **solver):
@@ -63,7 +71,7 @@ def test_a_rank_step_weights_its_shard_as_the_whole_batch():
     two equal gradients is that gradient) the step is the single-process step on the shard."""
     model, opt, x, y = setup()
     ref, loss, correct = by_hand(model, x, y)
-    st = train_step(model, opt, x, y, ctx=TwinRanks())
+    st = rank_step(model, opt, x, y, ctx=TwinRanks())
     assert st.loss == pytest.approx(loss, rel=1e-6) and st.correct == 2 * correct and st.n == 2 * len(y)
     assert st.nfe_f == 8  # the mean over the ranks
     assert same_params(model, ref, rtol=1e-5, atol=1e-7)
@@ -73,7 +81,7 @@ def test_stop_and_divergence_leave_the_weights_untouched():
     model, opt, x, y = setup()
     before = copy.deepcopy(model)
     with pytest.raises(KeyboardInterrupt):
-        train_step(model, opt, x, y, stop=True)
+        rank_step(model, opt, x, y, stop=True)
     assert same_params(model, before, rtol=0, atol=0)
     with torch.no_grad():
         model.classifier[0].bias.fill_(float("nan"))
@@ -190,7 +198,7 @@ def test_a_shard_of_stand_ins_counts_for_nothing_and_moves_nothing():
     ref, loss, correct = by_hand(model, x, y)
     before = copy.deepcopy(model)
     other = [loss * len(y), correct, len(y), 8, 0, 0]  # what the other rank adds: loss sum, count, images, NFE, flags
-    st = train_step(model, opt, x, y, ctx=OtherRankHoldsTheImages(other), weight=0.0)
+    st = rank_step(model, opt, x, y, ctx=OtherRankHoldsTheImages(other), weight=0.0)
     assert st.loss == pytest.approx(loss, rel=1e-6) and st.correct == correct and st.n == len(y)
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
     assert same_params(model, before, rtol=0, atol=0)
@@ -204,7 +212,7 @@ def test_as_one_of_two_ranks_the_gradient_is_twice_its_share_of_the_regularised_
     logits, energy = ref(x, energy=True)
     (2 * (F.cross_entropy(logits, y) + 0.3 * energy.mean())).backward()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps the weights: the gradient is what is compared
-    train_step(model, opt, x, y, ctx=OtherRankHoldsTheImages([0, 0, 0, 0, 0, 0]), kinetic=0.3)
+    rank_step(model, opt, x, y, ctx=OtherRankHoldsTheImages([0, 0, 0, 0, 0, 0]), kinetic=0.3)
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7)
 
@@ -240,7 +248,7 @@ def test_what_another_rank_reports_stops_this_one_before_any_update():
     model, opt, x, y = setup()
     before = copy.deepcopy(model)
     with pytest.raises(DivergenceError, match="^the solver failed on another rank$"):
-        train_step(model, opt, x, y, ctx=OtherRankHoldsTheImages([0, 0, len(y), 8, 0, 1]))
+        rank_step(model, opt, x, y, ctx=OtherRankHoldsTheImages([0, 0, len(y), 8, 0, 1]))
     with pytest.raises(KeyboardInterrupt):
-        train_step(model, opt, x, y, ctx=OtherRankHoldsTheImages([0, 0, len(y), 8, 1, 0]))
+        rank_step(model, opt, x, y, ctx=OtherRankHoldsTheImages([0, 0, len(y), 8, 1, 0]))
     assert same_params(model, before, rtol=0, atol=0)

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent / "odenet"
 
 # lowest first; a module may import modules of its own layer or of a lower one
 LAYERS = [
-    ("base", ["errors", "files"]),
-    ("ode", ["ode.settings", "ode.tableaus", "ode.native", "ode.adjoint", "ode.frontend", "ode"]),
+    ("base", ["errors", "files", "device"]),
+    ("ode", ["ode.tableaus", "ode.backends", "ode.settings", "ode.native", "ode.adjoint", "ode.checks",
+             "ode.torchdiffeq_backend", "ode.integrate", "ode.compat", "ode"]),
     ("settings and data", ["config", "data", "images"]),
     ("model", ["model", "baseline"]),
     ("model services", ["checkpoint", "shipped", "evaluate", "flow", "ood", "figures", "distributed"]),

@@ -7,7 +7,7 @@
 import argparse
 from pathlib import Path
 
-from odenet.shipped import SHIPPED, add_ood, export
+from odenet.checkpoint import SHIPPED, add_ood, export
 
 p = argparse.ArgumentParser()
 p.add_argument("run", nargs="?")

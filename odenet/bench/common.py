@@ -62,6 +62,6 @@ def write_study(out: Path, name: str, title: str, meta: Dict, tables: Dict[str, 
 
 
 def device(name: str) -> torch.device:
-    from ..distributed import resolve_device
+    from ..device import resolve_device
 
     return resolve_device(name)

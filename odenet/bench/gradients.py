@@ -57,9 +57,8 @@ def bench_gradients(device: torch.device, t_ends: Sequence[float] = (1, 2, 4, 8)
 
     def grads(model, xx):
         model.zero_grad(set_to_none=True)
-        model.nfe = 0
         loss, saved = _saved_bytes(lambda: F.cross_entropy(model(xx), y))
-        steps_nfe = model.nfe
+        steps_nfe = model.stats.nfe_forward
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)

@@ -18,13 +18,12 @@ MAIN_SOLVERS = list(NATIVE_METHODS)
 
 
 def _train_tmp(cfg: Config, tmp: str):
-    from ..checkpoint import load_model
+    from ..checkpoint import open_model
     from ..train import train
 
     run = Path(tmp) / cfg.name
     summary = train(cfg, run, progress=False, log=lambda m: None)
-    model, _, _ = load_model(str(run / "checkpoints" / "last.pt"), device(cfg.device))
-    return summary, model
+    return summary, open_model(run / "checkpoints" / "last.pt", cfg.device).model
 
 
 @torch.no_grad()

@@ -1,19 +1,22 @@
-"""ODE integration: torchdiffeq's interface on odenet's own Runge-Kutta engine, with torchdiffeq as a backend.
+"""ODE integration: odenet's own Runge-Kutta engine, torchdiffeq's interface on it, torchdiffeq as a backend.
 
-The face of the package. ``odeint(func, y0, t, rtol, atol, method, options)`` and ``odeint_adjoint(...)`` keep
-torchdiffeq's contract and return the solution at the times ``t``, shape ``(len(t), *y0.shape)``.
-``integrate(func, y0, t, Solver(...), energy=...)`` is the same engine with typed settings
-(``Solver`` = method + ``StepController`` + ``AdjointSpec`` + backend) and the kinetic energy as an output.
+The face of the package. ``integrate(func, y0, t, Solver(...), energy=...)`` is odenet's engine with typed
+settings (``Solver`` = method + ``StepController`` + ``AdjointSpec`` + backend) and the kinetic energy as an
+output. ``odeint(func, y0, t, rtol, atol, method, options)`` and ``odeint_adjoint(...)`` keep torchdiffeq's
+contract and return the solution at the times ``t``, shape ``(len(t), *y0.shape)``.
 
-Layers: ``settings`` (the types) -> ``tableaus`` (the methods) -> ``native`` (the stepping loops) ->
-``adjoint`` (the backward pass) -> ``frontend`` (checks, time reversal, tuples, torchdiffeq) -> this face.
+Layers, lowest first: ``tableaus`` (the methods as data) -> ``backends`` (which engine runs a method) ->
+``settings`` (the types) -> ``native`` (the stepping loops) -> ``adjoint`` (how gradients flow: ``Backprop`` or
+``Adjoint``) -> ``checks`` (states, times, parameters) -> ``torchdiffeq_backend`` -> ``integrate`` -> ``compat``
+(torchdiffeq's signatures) -> this face.
 """
-from .frontend import Solution, integrate, odeint, odeint_adjoint
-from .native import Stats, solve
-from .settings import (BACKENDS, FIXED_METHODS, NATIVE_METHODS, AdjointSpec, Solver, StepController, is_adaptive, resolve_backend,
-                       torchdiffeq_methods)
-from .tableaus import TABLEAUS, Tableau
+from .backends import BACKENDS, is_adaptive, resolve_backend, torchdiffeq_methods
+from .compat import odeint, odeint_adjoint
+from .integrate import Solution, integrate
+from .native import Stats
+from .settings import AdjointSpec, Solver, StepController
+from .tableaus import FIXED_METHODS, NATIVE_METHODS, TABLEAUS, Tableau
 
 __all__ = ["odeint", "odeint_adjoint", "integrate", "Solution", "Stats", "Solver", "StepController", "AdjointSpec",
            "Tableau", "TABLEAUS", "NATIVE_METHODS", "FIXED_METHODS", "BACKENDS", "is_adaptive", "resolve_backend",
-           "torchdiffeq_methods", "solve"]
+           "torchdiffeq_methods"]

@@ -1,4 +1,7 @@
-"""The continuous adjoint method (Chen et al. 2018) on top of the native engine.
+"""How gradients flow through a native solve: two strategies ``integrate`` hands the solve to (as diffrax does).
+
+``Backprop``: the solve runs under the caller's grad mode (with grad on: backpropagation through the solver's
+operations; with it off: no graph). ``Adjoint``: the continuous adjoint method (Chen et al. 2018).
 
 Forward: solve without building a graph. Backward: integrate the augmented state
 ``x = [z, a, g]`` from ``T`` back to ``t0`` with ``dz/dt = f``, ``da/dt = -a df/dz``,
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -69,22 +73,56 @@ def _augmented_norm(n: int, sizes: List[int], seminorm: bool) -> Norm:
     return norm
 
 
-class _Problem:
-    """What the backward pass needs besides the saved states: the vector field, times and settings."""
+@dataclass
+class Problem:
+    """One native solve: the field, the output times (floats, increasing), the method and its step controller,
+    the dtype of time arithmetic, whether the kinetic energy is an output, and the ``Stats`` to count into."""
 
-    def __init__(self, func, ts, tab, controller, vjp, seminorm, t_dtype, energy, stats):
-        self.func, self.ts, self.tab, self.controller = func, ts, tab, controller
-        self.vjp, self.seminorm, self.t_dtype, self.energy, self.stats = vjp, seminorm, t_dtype, energy, stats
+    func: Callable
+    ts: List[float]
+    tab: Tableau
+    controller: StepController
+    t_dtype: torch.dtype = torch.float64
+    energy: bool = False
+    stats: Optional[Stats] = None
+
+    def run(self, y0: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The states ``(len(ts), *y0.shape)`` and the energy (or None), under the caller's grad mode."""
+        ys, e = solve(self.func, y0, self.ts, self.tab, self.controller, t_dtype=self.t_dtype, energy=self.energy,
+                      stats=self.stats)
+        return torch.stack(ys), e
+
+
+class Backprop:
+    """Gradients, when autograd is on, by backpropagation through the solver's operations (memory grows with
+    the steps; exact for the discretisation)."""
+
+    def solve(self, pb: Problem, y0: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return pb.run(y0)
+
+
+class Adjoint:
+    """Gradients by the continuous adjoint: forward without a graph, backward by solving the augmented system
+    (memory flat in the steps). ``params``: the tensors to differentiate; ``vjp``: a fused
+    ``vjp(t, z, a, kinetic=None)`` (None: autograd); ``seminorm``: leave the parameter adjoint out of the
+    backward error norm (Kidger et al. 2021)."""
+
+    def __init__(self, params: Sequence[torch.Tensor], vjp: Optional[Vjp] = None, seminorm: bool = False):
+        self.params, self.vjp, self.seminorm = list(params), vjp, seminorm
+
+    def solve(self, pb: Problem, y0: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if pb.energy and self.vjp is not None and not accepts_kinetic(self.vjp):
+            raise SolverError("the kinetic energy's gradient needs a vjp that takes kinetic=...; this vjp does not")
+        out = _Adjoint.apply(y0, pb, self, *self.params)
+        return out if pb.energy else (out, None)
 
 
 class _Adjoint(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y0: torch.Tensor, pb: _Problem, *params: torch.Tensor):  # type: ignore[override]
+    def forward(ctx, y0: torch.Tensor, pb: Problem, how: Adjoint, *params: torch.Tensor):  # type: ignore[override]
         with torch.no_grad():
-            ys, e = solve(pb.func, y0, pb.ts, pb.tab, pb.controller, t_dtype=pb.t_dtype, energy=pb.energy,
-                          stats=pb.stats)
-            ys = torch.stack(ys)
-        ctx.pb, ctx.params = pb, params
+            ys, e = pb.run(y0)
+        ctx.pb, ctx.how, ctx.params = pb, how, params
         ctx.save_for_backward(ys)
         return (ys, e) if pb.energy else ys
 
@@ -92,12 +130,12 @@ class _Adjoint(torch.autograd.Function):
     @once_differentiable  # second derivatives through the solve are not computed: torch refuses them in one line
     def backward(ctx, grad_ys: torch.Tensor, grad_e: Optional[torch.Tensor] = None):  # type: ignore[override]
         (ys,) = ctx.saved_tensors
-        pb, params = ctx.pb, ctx.params
+        pb, how, params = ctx.pb, ctx.how, ctx.params
         ts, shape = pb.ts, ys.shape[1:]
         n = ys[0].numel()
         sizes = [p.numel() for p in params]
-        vjp = pb.vjp or autograd_vjp(pb.func, params)
-        controller = dataclasses.replace(pb.controller, norm=_augmented_norm(n, sizes, pb.seminorm))
+        vjp = how.vjp or autograd_vjp(pb.func, params)
+        controller = dataclasses.replace(pb.controller, norm=_augmented_norm(n, sizes, how.seminorm))
         kinetic = None
         if grad_e is not None and bool(grad_e.ne(0).any()):
             kinetic = grad_e.reshape(grad_e.shape + (1,) * (len(shape) - grad_e.dim()))
@@ -114,23 +152,11 @@ class _Adjoint(torch.autograd.Function):
             for i in range(len(ts) - 1, 0, -1):
                 x = torch.cat([ys[i].reshape(-1), a, g])
                 x = solve(aug, x, [-ts[i], -ts[i - 1]], pb.tab, controller, lead=2 * n, t_dtype=pb.t_dtype,
-                          stats=pb.stats, part="backward")[0][-1]
+                          stats=pb.stats, backward=True)[0][-1]
                 a = x[n:2 * n] + grad_ys[i - 1].reshape(-1)
                 g = x[2 * n:]
         grads = list(torch.split(g, sizes)) if sizes else []
-        return (a.view(shape), None, *[gp.view_as(p) for gp, p in zip(grads, params)])
+        return (a.view(shape), None, None, *[gp.view_as(p) for gp, p in zip(grads, params)])
 
 
-def odeint_adjoint_native(func: Callable, y0: torch.Tensor, ts: Sequence[float], tab: Tableau,
-                          controller: StepController, params: Sequence[torch.Tensor], *, vjp: Optional[Vjp] = None,
-                          seminorm: bool = False, t_dtype: torch.dtype = torch.float64, energy: bool = False,
-                          stats: Optional[Stats] = None):
-    """Solve with the adjoint backward pass. Returns states at ``ts``: shape ``(len(ts), *y0.shape)``, and with
-    ``energy`` also ``integral |f|^2 dt`` per sample, whose gradient the backward pass adds."""
-    if energy and vjp is not None and not accepts_kinetic(vjp):
-        raise SolverError("the kinetic energy's gradient needs a vjp that takes kinetic=...; this vjp does not")
-    pb = _Problem(func, [float(t) for t in ts], tab, controller, vjp, seminorm, t_dtype, energy, stats)
-    return _Adjoint.apply(y0, pb, *params)
-
-
-__all__ = ["odeint_adjoint_native", "autograd_vjp", "accepts_kinetic"]
+__all__ = ["Problem", "Backprop", "Adjoint", "autograd_vjp", "accepts_kinetic"]

@@ -90,22 +90,21 @@ class _Stages:
         return self.ks[-1] if self.grad else self.K[self.n - 1]
 
 
-def rk_step(func: Callable, tab: Tableau, co: _Coeffs, t: float, y: torch.Tensor, h: float,
-            k0: torch.Tensor, lead: Optional[int], clock: Callable[[float], torch.Tensor]) -> Tuple[torch.Tensor, _Stages]:
+def rk_step(run: "_Integration", t: float, y: torch.Tensor, h: float, k0: torch.Tensor) -> Tuple[torch.Tensor, _Stages]:
     """One step of size ``h`` from ``(t, y)`` with ``k0 = f(t, y)``; returns ``(y1, stages)``.
 
-    ``lead``: ``func`` reads only the first ``lead`` entries of the (flat) state; see ``_Stages``.
-    ``clock(t)`` makes the time tensor ``func`` receives.
+    With ``run.lead`` the field reads only the first ``lead`` entries of the (flat) state; see ``_Stages``.
     """
-    lead = y.numel() if lead is None else lead
+    tab, co = run.tab, run.co
+    lead = y.numel() if run.lead is None else run.lead
     ks = _Stages(tab.stages, k0, lead)
     for i in range(1, tab.stages):
         if tab.fsal and i == tab.stages - 1:
             y1 = ks.combine(y, h, co.b[:, :i])  # FSAL: the last stage is evaluated at the solution
-            ks.append(func(clock(t + h), y1 if lead == y.numel() else y1.view(-1)[:lead]))
+            ks.append(run.f(t + h, y1 if lead == y.numel() else y1.view(-1)[:lead]))
             return y1, ks
         yi = ks.combine(y, h, co.a[i], lead_only=True)
-        ks.append(func(clock(t + tab.c[i] * h), yi if lead == y.numel() else yi.view(-1)))
+        ks.append(run.f(t + tab.c[i] * h, yi if lead == y.numel() else yi.view(-1)))
     return ks.combine(y, h, co.b), ks
 
 
@@ -140,7 +139,8 @@ def interp_eval(coeffs: List[torch.Tensor], x: float) -> torch.Tensor:
 
 @dataclass
 class Stats:
-    """What solves cost: function evaluations and accepted / rejected steps, forward and backward.
+    """What solves cost: function evaluations and accepted / rejected steps, forward and backward: the one count
+    of evaluations in odenet (both engines fill it).
 
     ``integrate`` returns one per call; its backward counts arrive when ``backward()`` runs the adjoint (or stay
     0 without one: backprop through the solver evaluates no ``f``).
@@ -155,23 +155,16 @@ class Stats:
     fast_forward: bool = False  # the func's own hand-written forward ran (``fast_paths()``), not its module call
     vjp: str = ""  # how gradients come: "fused" (the func's vjp), "autograd" (the adjoint's), "backprop", "" none
 
-
-class _Count:
-    """Counts ``func``'s calls and the loop's accepted and rejected steps into ``stats`` (forward or backward)."""
-
-    def __init__(self, func: Callable, stats: Optional[Stats], part: str):
-        self.func, self.stats = func, stats
-        self.nfe, self.accepted, self.rejected = f"nfe_{part}", f"steps_{part}", f"rejected_{part}"
-
-    def __call__(self, t, y):
-        if self.stats is not None:
-            setattr(self.stats, self.nfe, getattr(self.stats, self.nfe) + 1)
-        return self.func(t, y)
-
-    def step(self, accepted: bool) -> None:
-        if self.stats is not None:
-            name = self.accepted if accepted else self.rejected
-            setattr(self.stats, name, getattr(self.stats, name) + 1)
+    def add(self, backward: bool, nfe: int, accepted: int = 0, rejected: int = 0) -> None:
+        """Add one pass's counts to its direction's fields."""
+        if backward:
+            self.nfe_backward += nfe
+            self.steps_backward += accepted
+            self.rejected_backward += rejected
+        else:
+            self.nfe_forward += nfe
+            self.steps_forward += accepted
+            self.rejected_forward += rejected
 
 
 class _Energy:
@@ -202,9 +195,41 @@ class _Energy:
         return self.total if self.total is not None else like.new_zeros(self.shape, dtype=real)
 
 
+class _Integration:
+    """One pass of the engine: the field (counted), its clock, the tableau and its coefficients, the step
+    controller, the energy quadrature and this pass's counts (added to ``Stats`` when the pass ends)."""
+
+    def __init__(self, func: Callable, y0: torch.Tensor, tab: Tableau, controller: StepController,
+                 lead: Optional[int], t_dtype: torch.dtype, energy: bool):
+        self.func, self.tab, self.controller, self.lead, self.t_dtype = func, tab, controller, lead, t_dtype
+        self.co = _coeffs(tab, y0)
+        self.real, self.device = (y0.real.dtype if y0.is_complex() else y0.dtype), y0.device
+        self.energy = _Energy(y0, energy)
+        self.nfe = self.accepted = self.rejected = 0
+
+    def clock(self, t: float) -> torch.Tensor:
+        """The time tensor ``func`` receives: 0-d, the state's real dtype, on its device."""
+        return torch.full((), t, dtype=self.real, device=self.device)
+
+    def f(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        """``func(t, y)``, counted; ``y`` as given (a stage input is already cut to the leading part)."""
+        self.nfe += 1
+        return self.func(self.clock(t), y)
+
+    def f_state(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        """``func`` at a whole state: only its first ``lead`` entries when the rest is a quadrature."""
+        return self.f(t, y if self.lead is None else y[:self.lead])
+
+    def count(self, accepted: bool) -> None:
+        if accepted:
+            self.accepted += 1
+        else:
+            self.rejected += 1
+
+
 def solve(func: Callable, y0: torch.Tensor, ts: Sequence[float], tab: Tableau, controller: StepController, *,
           lead: Optional[int] = None, t_dtype: torch.dtype = torch.float64, energy: bool = False,
-          stats: Optional[Stats] = None, part: str = "forward") -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
+          stats: Optional[Stats] = None, backward: bool = False) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
     """Integrate ``dy/dt = func(t, y)`` from ``ts[0]`` through strictly increasing times ``ts``.
 
     ``func`` receives ``t`` as a 0-d tensor of the state's real dtype on its device. Returns the states at every
@@ -217,38 +242,32 @@ def solve(func: Callable, y0: torch.Tensor, ts: Sequence[float], tab: Tableau, c
     on ``controller.grid(ts)`` and interpolate linearly between grid points.
     Runs under the caller's grad mode: with grad enabled it is backprop through the solver. ``lead`` (flat states
     only): ``func`` is given only the first ``lead`` entries and returns the derivative of the whole state; the
-    rest is a quadrature whose derivative does not depend on it (the adjoint's). ``stats``: counts are added to
-    its ``part`` (``forward`` or ``backward``) fields.
+    rest is a quadrature whose derivative does not depend on it (the adjoint's). ``stats``: this pass's counts
+    are added to its forward (or, ``backward``, backward) fields, also when the pass fails.
     """
-    co = _coeffs(tab, y0)
-    func = _Count(func, stats, part)
-    real = y0.real.dtype if y0.is_complex() else y0.dtype
-    dev = y0.device
-
-    def clock(t: float) -> torch.Tensor:
-        return torch.full((), t, dtype=real, device=dev)
-
-    f = func if lead is None else (lambda t_, y_: func(t_, y_[:lead]))
-    e = _Energy(y0, energy)
-    loop = _adaptive if tab.adaptive else _fixed
-    out = loop(func, f, y0, [float(x) for x in ts], tab, co, controller, lead, clock, t_dtype, e)
-    return out, e.value(y0)
+    run = _Integration(func, y0, tab, controller, lead, t_dtype, energy)
+    try:
+        out = (_adaptive if tab.adaptive else _fixed)(run, y0, [float(x) for x in ts])
+    finally:
+        if stats is not None:
+            stats.add(backward, run.nfe, run.accepted, run.rejected)
+    return out, run.energy.value(y0)
 
 
-def _fixed(func, f, y0, ts, tab, co, controller, lead, clock, t_dtype, e) -> List[torch.Tensor]:
+def _fixed(run: _Integration, y0: torch.Tensor, ts: List[float]) -> List[torch.Tensor]:
     """The fixed-grid loop: one step per grid interval, outputs between grid points by linear interpolation."""
     out, y, j = [y0], y0, 1
     try:
-        grid = controller.grid(ts, t_dtype)
+        grid = run.controller.grid(ts, run.t_dtype)
     except SolverError as err:
-        raise SolverError(f"solver {tab.name}: {err}") from None
+        raise SolverError(f"solver {run.tab.name}: {err}") from None
     t0 = next(grid)
     for t1 in grid:
         if not t1 > t0:
             continue  # a zero-length last step left by rounding in the grid
-        y1, ks = rk_step(func, tab, co, t0, y, t1 - t0, f(clock(t0), y), lead, clock)
-        func.step(True)
-        e.add(ks, co, t1 - t0)
+        y1, ks = rk_step(run, t0, y, t1 - t0, run.f_state(t0, y))
+        run.count(True)
+        run.energy.add(ks, run.co, t1 - t0)
         while j < len(ts) and t1 >= ts[j]:
             out.append(y1 if ts[j] == t1 else y + ((ts[j] - t0) / (t1 - t0)) * (y1 - y))
             j += 1
@@ -256,42 +275,46 @@ def _fixed(func, f, y0, ts, tab, co, controller, lead, clock, t_dtype, e) -> Lis
     return out
 
 
-def _adaptive(func, f, y0, ts, tab, co, controller, lead, clock, t_dtype, e) -> List[torch.Tensor]:
+def _adaptive(run: _Integration, y0: torch.Tensor, ts: List[float]) -> List[torch.Tensor]:
     """The error-controlled loop: propose, estimate the error, accept (dense output) or reject, resize."""
+    tab, controller = run.tab, run.controller
     out, y = [y0], y0
     t, t_end = ts[0], ts[-1]
-    k0 = f(clock(t), y)
-    h = controller.initial_step(f, t, y, k0, tab.order, clock)
+    k0 = run.f_state(t, y)
+    h = controller.initial_step(run.f_state, t, y, k0, tab.order)
     steps, j = 0, 1
     while j < len(ts):
         last = t + h >= t_end  # the step that would pass the end is shortened to land on it
         h_eff = t_end - t if last else h
-        if last and not _advances(t, h_eff, t_dtype):
+        if last and not _advances(t, h_eff, run.t_dtype):
             out.extend([y] * (len(ts) - j))  # closer to the end than the time dtype resolves: y is y(t_end)
             break
         if controller.max_steps is not None and steps >= controller.max_steps:
             raise SolverError(f"solver {tab.name}: max_steps ({controller.max_steps}) exceeded at t={t:.6g}")
-        if not (h_eff > 0 and _advances(t, h_eff, t_dtype)):
+        if not (h_eff > 0 and _advances(t, h_eff, run.t_dtype)):
             raise SolverError(f"solver {tab.name}: step size underflow (dt={h_eff:.3g}) at t={t:.6g}; "
                               "the dynamics are stiff or blowing up")
-        y1, ks = rk_step(func, tab, co, t, y, h_eff, k0, lead, clock)
+        y1, ks = rk_step(run, t, y, h_eff, k0)
         with torch.no_grad():
-            err = torch.mm(co.e, ks.matrix(tab.stages).detach()).view_as(y) * h_eff
+            err = torch.mm(run.co.e, ks.matrix(tab.stages).detach()).view_as(y) * h_eff
         ratio = controller.error_ratio(err, y, y1)
         steps += 1
-        func.step(ratio <= 1.0)
+        run.count(ratio <= 1.0)
         if ratio <= 1.0:
             t1 = t_end if last else t + h_eff
-            k1 = ks.last() if tab.fsal else f(clock(t1), y1)
-            e.add(ks, co, h_eff)
-            j = _dense_outputs(out, ts, j, t, t1, y, y1, k0, k1, ks, co, h_eff)
+            k1 = ks.last() if tab.fsal else run.f_state(t1, y1)
+            run.energy.add(ks, run.co, h_eff)
+            j = _dense_outputs(out, ts, j, (t, y, k0), (t1, y1, k1), h_eff, ks, run.co)
             t, y, k0 = t1, y1, k1
         h = controller.next_step(h_eff, ratio, tab.order)
     return out
 
 
-def _dense_outputs(out, ts, j, t, t1, y, y1, k0, k1, ks, co, h) -> int:
-    """Append the outputs ``ts[j] <= t1`` of an accepted step from ``(t, y)`` to ``(t1, y1)``; the next ``j``."""
+def _dense_outputs(out: List[torch.Tensor], ts: List[float], j: int, start: tuple, end: tuple, h: float,
+                   ks: _Stages, co: _Coeffs) -> int:
+    """Append the outputs ``ts[j] <= t1`` of an accepted step of size ``h`` from ``start = (t, y, f)`` to
+    ``end = (t1, y1, f1)``; return the next ``j``."""
+    (t, y, k0), (t1, y1, k1) = start, end
     coeffs = None
     while j < len(ts) and ts[j] <= t1:
         if ts[j] == t1:

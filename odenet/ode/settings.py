@@ -1,8 +1,8 @@
 """How to solve, as typed immutable values: the step controller, the adjoint, and a ``Solver`` holding both.
 
-``Config.solver()`` builds a ``Solver`` once; ``ODEBlock`` holds it; the engine (``odenet.ode.engine``) takes
-it. ``odeint``/``odeint_adjoint`` build the same objects from torchdiffeq's arguments. Every value is checked
-where it is made, with a one-line ``SolverError``.
+``Config.ode_solver()`` builds a ``Solver`` once; ``ODEBlock`` holds it; ``odenet.ode.integrate`` takes it.
+``odeint``/``odeint_adjoint`` (``odenet.ode.compat``) build the same objects from torchdiffeq's arguments. Every
+value is checked where it is made, with a one-line ``SolverError``; a ``Solver`` resolves its engine then, once.
 """
 from __future__ import annotations
 
@@ -15,17 +15,12 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple
 import torch
 
 from ..errors import SolverError
+from .backends import BACKENDS, is_adaptive, resolve_backend
 from .tableaus import TABLEAUS, Tableau
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
 SAFETY, IFACTOR, DFACTOR = 0.9, 10.0, 0.2  # torchdiffeq's controller constants
-BACKENDS = ("native", "torchdiffeq")
-# adaptive methods first, higher orders first: dopri5, bosh3, adaptive_heun, rk4, heun3, midpoint, euler
-NATIVE_METHODS = tuple(sorted(TABLEAUS, key=lambda m: (not TABLEAUS[m].adaptive, -TABLEAUS[m].order, m)))
-FIXED_METHODS = tuple(m for m in NATIVE_METHODS if not TABLEAUS[m].adaptive)
-
-
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     """Root-mean-square of the moduli over all elements (torchdiffeq's default norm)."""
     return (x.abs() if x.is_complex() else x).pow(2).mean().sqrt()
@@ -112,8 +107,8 @@ class StepController:
         return (self.norm or rms_norm)(x)
 
     @torch.no_grad()
-    def initial_step(self, func: Callable, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int,
-                     clock: Callable[[float], torch.Tensor]) -> float:
+    def initial_step(self, func: Callable[[float, torch.Tensor], torch.Tensor], t0: float, y0: torch.Tensor,
+                     f0: torch.Tensor, order: int) -> float:
         """``first_step``, else Hairer, Norsett & Wanner's starting step (II.4) for a method of ``order`` (1 NFE).
 
         torchdiffeq passes the order minus one (a smaller first step, about one more evaluation per solve of the
@@ -125,7 +120,7 @@ class StepController:
         scale = self.atol + y.abs() * self.rtol
         d0, d1 = float(self.measure(y / scale)), float(self.measure(f / scale))
         h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-        f1 = func(clock(t0 + h0), y0 + h0 * f0)
+        f1 = func(t0 + h0, y0 + h0 * f0)
         d2 = float(self.measure((_wide(f1) - f) / scale)) / h0
         if d1 <= 1e-15 and d2 <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
@@ -196,38 +191,6 @@ class AdjointSpec:
             object.__setattr__(self, "params", tuple(self.params))
 
 
-def torchdiffeq_methods() -> tuple:
-    """Every method name torchdiffeq accepts."""
-    from torchdiffeq._impl.odeint import SOLVERS
-
-    return tuple(SOLVERS)
-
-
-def is_adaptive(method: str) -> bool:
-    """True for step-size-controlled methods (they use rtol/atol; fixed-step ones use step_size)."""
-    if method in TABLEAUS:
-        return TABLEAUS[method].adaptive
-    from torchdiffeq._impl.odeint import SOLVERS
-    from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
-
-    cls = SOLVERS.get(method)
-    return cls is not None and issubclass(cls, RKAdaptiveStepsizeODESolver)
-
-
-def resolve_backend(method: str, backend: str) -> str:
-    """The backend that will actually run ``method`` (native falls back to torchdiffeq)."""
-    if backend not in BACKENDS:
-        raise SolverError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    known = set(NATIVE_METHODS) | set(torchdiffeq_methods())
-    if method not in known:
-        raise SolverError(f"unknown solver {method!r}; choose one of {', '.join(sorted(known))}")
-    if backend == "native" and method not in TABLEAUS:
-        return "torchdiffeq"
-    if backend == "torchdiffeq" and method not in torchdiffeq_methods():
-        raise SolverError(f"solver {method!r} exists only in the native backend")
-    return backend
-
-
 # flat setting name -> (part of Solver, field): the one map between the command line's names and the types
 _FLAT = {"method": ("", "method"), "backend": ("", "backend"),
          "rtol": ("controller", "rtol"), "atol": ("controller", "atol"), "step_size": ("controller", "step_size"),
@@ -248,6 +211,7 @@ class Solver:
     controller: StepController = StepController()
     adjoint: AdjointSpec = AdjointSpec()
     backend: str = "native"
+    engine: str = dataclasses.field(init=False, repr=False, compare=False)  # the backend that runs it, resolved once
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str):
@@ -257,12 +221,7 @@ class Solver:
         for name, kind in (("controller", StepController), ("adjoint", AdjointSpec)):
             if not isinstance(getattr(self, name), kind):
                 raise SolverError(f"{name} must be an odenet.{kind.__name__}, got {type(getattr(self, name)).__name__}")
-        resolve_backend(self.method, self.backend)
-
-    @property
-    def engine(self) -> str:
-        """The backend that runs this method: ``native`` or ``torchdiffeq``."""
-        return resolve_backend(self.method, self.backend)
+        object.__setattr__(self, "engine", resolve_backend(self.method, self.backend))
 
     @property
     def tableau(self) -> Tableau:
@@ -303,5 +262,4 @@ class Solver:
         return {k: getattr(getattr(self, part) if part else self, name) for k, (part, name) in _FLAT.items()}
 
 
-__all__ = ["StepController", "AdjointSpec", "Solver", "BACKENDS", "NATIVE_METHODS", "FIXED_METHODS", "is_adaptive",
-           "resolve_backend", "torchdiffeq_methods", "rms_norm"]
+__all__ = ["StepController", "AdjointSpec", "Solver", "rms_norm"]

@@ -74,3 +74,7 @@ TABLEAUS = {
              187940372067 / 1594534317056 / 2, -1776094331 / 19743644256 / 2, 11237099 / 235043384 / 2],
     ),
 }
+
+# adaptive methods first, higher orders first: dopri5, bosh3, adaptive_heun, rk4, heun3, midpoint, euler
+NATIVE_METHODS = tuple(sorted(TABLEAUS, key=lambda m: (not TABLEAUS[m].adaptive, -TABLEAUS[m].order, m)))
+FIXED_METHODS = tuple(m for m in NATIVE_METHODS if not TABLEAUS[m].adaptive)
