@@ -23,6 +23,7 @@ from typing import Dict, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
+from .config import Config
 from .data import class_names, normalize
 from .errors import OdenetError
 from .files import write_once
@@ -55,8 +56,9 @@ class Predictor:
     """
 
     def __init__(self, model: NeuralODEModel, dataset: str, fmap: Optional[FlowMap], out_dir: Optional[Path] = None,
-                 detector: Optional[OODDetector] = None):
+                 detector: Optional[OODDetector] = None, cfg: Optional[Config] = None):
         self.model, self.dataset, self.fmap, self.detector = model.eval(), dataset, fmap, detector
+        self.cfg = cfg if cfg is not None else Config()  # the page's solver settings start at the model's own
         self.names = class_names(dataset)
         self.device = next(model.parameters()).device
         self._flow_fig = self._path_fig = None
@@ -214,7 +216,7 @@ def load_predictor(model_ref: str, device: str = "cpu") -> Predictor:
                                    m.test_split)
         except (OdenetError, OSError) as e:
             log.warning("no flow map: %s", e)
-    return Predictor(m.model, m.cfg.dataset, fmap, detector=ood.from_checkpoint(m.state))
+    return Predictor(m.model, m.cfg.dataset, fmap, detector=ood.from_checkpoint(m.state), cfg=m.cfg)
 
 
 class Oversize(NamedTuple):
@@ -337,11 +339,13 @@ def build_app(pred: Predictor):
                 probs = gr.Label(label="Class probabilities", num_top_classes=10, elem_id="probs")
                 status = gr.Markdown(HINT, elem_id="status")
         with gr.Row():
-            solver = gr.Dropdown(SOLVERS, value="dopri5", label="solver", elem_id="solver")
-            rtol = gr.Number(1e-3, label="rtol (adaptive)", elem_id="rtol")
-            atol = gr.Number(1e-4, label="atol (adaptive)", elem_id="atol")
-            step = gr.Number(0.1, label="step size (fixed-step)", elem_id="step")
-            t_end = gr.Slider(0.1, 4.0, value=float(pred.model.odeblock.t_end), step=0.1, label="T", elem_id="t_end")
+            cfg = pred.cfg
+            solver = gr.Dropdown(SOLVERS, value=cfg.solver if cfg.solver in SOLVERS else SOLVERS[0], label="solver",
+                                 elem_id="solver")
+            rtol = gr.Number(cfg.rtol, label="rtol (adaptive)", elem_id="rtol")
+            atol = gr.Number(cfg.atol, label="atol (adaptive)", elem_id="atol")
+            step = gr.Number(cfg.step_size, label="step size (fixed-step)", elem_id="step")
+            t_end = gr.Slider(*LIMITS["T"], value=float(pred.model.odeblock.t_end), step=0.1, label="T", elem_id="t_end")
         with gr.Row():
             flow_plot = gr.Image(label="Decision along the flow", interactive=False, elem_id="flow_plot")
             path_plot = gr.Image(label="The path", interactive=False, elem_id="path_plot")

@@ -112,27 +112,27 @@ class ODEFunc(nn.Module):
         return h
 
     def vjp(self, t, z: torch.Tensor, a: torch.Tensor,
-            kinetic: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            energy_cotangent: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(f(z), a df/dz, a df/dtheta flattened in parameters() order)``: the hand-written backward when
-        ``fast_paths()`` allows it, else autograd. ``kinetic`` (per-sample weights ``c``, shape ``(B, 1)``) makes
+        ``fast_paths()`` allows it, else autograd. ``energy_cotangent`` (per-sample weights ``c``, shape ``(B, 1)``) makes
         the cotangent ``a + 2 c f(z)``: the adjoint of the running cost ``c |f(z)|^2`` (the kinetic energy's
         gradient)."""
         if self.fast_paths() is None:
-            return self._autograd_vjp(t, z, a, kinetic)
-        return self._fused_vjp(t, z, a, kinetic)
+            return self._autograd_vjp(t, z, a, energy_cotangent)
+        return self._fused_vjp(t, z, a, energy_cotangent)
 
-    def _autograd_vjp(self, t, z, a, kinetic=None):
+    def _autograd_vjp(self, t, z, a, energy_cotangent=None):
         from .ode.adjoint import autograd_vjp
 
-        return autograd_vjp(self, list(self.parameters()))(t, z, a, kinetic)
+        return autograd_vjp(self, list(self.parameters()))(t, z, a, energy_cotangent)
 
     @torch.no_grad()
     def _fused_vjp(self, t, z: torch.Tensor, a: torch.Tensor,
-                   kinetic: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   energy_cotangent: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``vjp`` by hand: the same numbers as autograd (tested) without building a graph; the adjoint pass calls
         it at every stage (only valid under ``fast_paths()``); states other than ``(B, dim)`` take autograd."""
         if z.dim() != 2:
-            return self._autograd_vjp(t, z, a, kinetic)
+            return self._autograd_vjp(t, z, a, energy_cotangent)
         linears = self._linears()
         inputs: List[torch.Tensor] = []
         h = self._mlp(z, linears, inputs)
@@ -142,7 +142,7 @@ class ODEFunc(nn.Module):
         for w, b in sizes:
             offsets.append(o)
             o += w + b
-        g = a if kinetic is None else a + 2.0 * kinetic * h
+        g = a if energy_cotangent is None else a + 2.0 * energy_cotangent * h
         for i in range(len(linears) - 1, -1, -1):
             m, x, o = linears[i], inputs[i], offsets[i]
             nw, nb = sizes[i]
@@ -296,6 +296,9 @@ def _positive_int(v, name: str) -> int:
 
 class NeuralODEModel(nn.Module):
     """Encoder (28x28 image -> ``dim``, tanh-bounded) -> ODE block -> classifier (10 logits)."""
+
+    dataset: Optional[str] = None  # what a loaded model was trained on (``odenet.load`` sets it) ...
+    classes: Optional[List[str]] = None  # ... and its class names
 
     def __init__(self, dim: int = 64, num_classes: int = 10, *, t_end: float = 1.0, solver: Optional[Solver] = None,
                  **settings):

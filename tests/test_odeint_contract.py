@@ -533,7 +533,7 @@ def test_the_given_vjp_is_the_one_the_adjoint_uses():
     calls = []
 
     class WithVjp(Decay):
-        def vjp(self, t, z, a, kinetic=None):
+        def vjp(self, t, z, a, energy_cotangent=None):
             calls.append(1)
             return autograd_vjp(self, [self.k, self.other])(t, z, a)
 
@@ -614,8 +614,8 @@ def test_a_given_vjp_serves_decreasing_times_too():
     from odenet.ode.adjoint import autograd_vjp
 
     class RampWithVjp(Ramp):
-        def vjp(self, t, z, a, kinetic=None):
-            return autograd_vjp(self, [self.k])(t, z, a, kinetic)
+        def vjp(self, t, z, a, energy_cotangent=None):
+            return autograd_vjp(self, [self.k])(t, z, a, energy_cotangent)
 
     grads = []
     for given in (False, True):

@@ -92,10 +92,10 @@ class CountingVjp(nn.Module):
     def forward(self, t, y):
         return -self.k * y + self.b
 
-    def vjp(self, t, z, a, kinetic=None):
+    def vjp(self, t, z, a, energy_cotangent=None):
         self.calls += 1
         fz = (-self.k * z + self.b).detach()
-        cot = a if kinetic is None else a + 2 * kinetic * fz
+        cot = a if energy_cotangent is None else a + 2 * energy_cotangent * fz
         return fz, -self.k.detach() * cot, torch.stack([-(cot * z).sum(), cot.sum()])
 
     def _vjp_without_kinetic(self, t, z, a):
@@ -129,7 +129,7 @@ def test_a_vjp_that_cannot_take_the_kinetic_cotangent_serves_only_without_the_en
     solver = Solver.of(method="rk4", step_size=0.1)
     integrate(f, z0, [0.0, 1.0], solver).ys[-1].sum().backward()
     assert f.k.grad is not None
-    with pytest.raises(SolverError, match=r"^CountingVjp\.vjp must take kinetic=\.\.\. for the kinetic energy's "
+    with pytest.raises(SolverError, match=r"^CountingVjp\.vjp must take energy_cotangent=\.\.\. for the kinetic energy's "
                                           r"gradient \(or switch the fused vjp off\)$"):
         integrate(f, z0, [0.0, 1.0], solver, energy=True)
     sol = integrate(f, z0, [0.0, 1.0], solver.replace(fused_vjp=False), energy=True)  # autograd's vjp takes it
@@ -283,10 +283,10 @@ class RampWithVjp(nn.Module):
     def forward(self, t, y):
         return self.k * (1 + t) * y
 
-    def vjp(self, t, z, a, kinetic=None):
+    def vjp(self, t, z, a, energy_cotangent=None):
         from odenet.ode.adjoint import autograd_vjp
 
-        return autograd_vjp(self, [self.k])(t, z, a, kinetic)
+        return autograd_vjp(self, [self.k])(t, z, a, energy_cotangent)
 
 
 def test_the_energys_gradient_backwards_in_time_through_a_given_vjp():

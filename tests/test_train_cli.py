@@ -351,11 +351,11 @@ def test_failure_in_epoch_two_keeps_epoch_one_and_resumes(synth_dir, tmp_path, c
     out = tmp_path / "runs"
     args = ["train", "--epochs", "2", "--solver", "dopri5", "--batch-size", "32", "--out", str(out), "--name", "f",
             "--data-dir", str(synth_dir), "--no-verify-data", "--no-report", "--no-progress", "--device", "cpu"]
-    real_step = train_module.train_step
+    real_step = train_module.shard_step
     calls, saved = [], {}
     per_epoch = 10  # 320 training images in batches of 32
 
-    def failing_step(model, opt, x, y, *a, **kw):
+    def failing_step(model, opt, *a, **kw):
         calls.append(1)
         if len(calls) == per_epoch + 3:
             saved["last"] = (out / "f" / "checkpoints" / "last.pt").read_bytes()
@@ -364,16 +364,16 @@ def test_failure_in_epoch_two_keeps_epoch_one_and_resumes(synth_dir, tmp_path, c
                     next(model.classifier.parameters()).fill_(float("nan"))
             else:
                 model.odeblock.solver = model.odeblock.solver.replace(max_steps=1)
-        return real_step(model, opt, x, y, *a, **kw)
+        return real_step(model, opt, *a, **kw)
 
-    monkeypatch.setattr(train_module, "train_step", failing_step)
+    monkeypatch.setattr(train_module, "shard_step", failing_step)
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("odenet: error: training diverged at epoch 2, batch 3: ")
     assert ("loss is nan" if failure == "nan" else "max_steps (1) exceeded") in err
     assert (out / "f" / "checkpoints" / "last.pt").read_bytes() == saved["last"]
     assert checkpoint.load(str(out / "f" / "checkpoints" / "last.pt"))["epoch"] == 1
-    monkeypatch.setattr(train_module, "train_step", real_step)
+    monkeypatch.setattr(train_module, "shard_step", real_step)
     assert main(["train", "--resume", str(out / "f"), "--no-progress"]) == 0
     records = [json.loads(line) for line in (out / "f" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]

@@ -169,7 +169,7 @@ def test_a_vjp_without_the_kinetic_cotangent_is_refused(monkeypatch):
             return self.inner.vjp(t, z, a)
 
     model.odeblock.odefunc = OwnVjp(model.odefunc)
-    with pytest.raises(OdenetError, match="must take kinetic"):
+    with pytest.raises(OdenetError, match="must take energy_cotangent"):
         train_step(model, opt, x, y, kinetic=0.1)
     # the same replacement on an ODEFunc instance is not trusted as a fast path: autograd runs, nothing is lost
     model.odeblock.odefunc = model.odefunc

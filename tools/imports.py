@@ -19,10 +19,10 @@ LAYERS = [
     ("ode", ["ode.tableaus", "ode.backends", "ode.settings", "ode.native", "ode.adjoint", "ode.checks",
              "ode.torchdiffeq_backend", "ode.integrate", "ode.compat", "ode"]),
     ("settings and data", ["config", "data", "images"]),
-    ("model", ["model", "baseline"]),
+    ("model", ["model"]),
     ("model services", ["checkpoint", "shipped", "evaluate", "flow", "ood", "figures", "distributed"]),
     ("jobs", ["train", "report", "demo"]),
-    ("benchmarks", ["bench.common", "bench.speed", "bench.gradients", "bench.solvers", "bench"]),
+    ("benchmarks", ["bench.common", "bench.plain_torchdiffeq", "bench.speed", "bench.gradients", "bench.solvers", "bench"]),
     ("faces", ["api", "cli", "__main__", ""]),
 ]
 

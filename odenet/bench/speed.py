@@ -40,12 +40,12 @@ def _odenet_stepper(device, data_dir, seed, verify=True, **solver):
 
 
 def _baseline_stepper(device, data_dir, seed, tmp):
-    from .. import baseline
+    from . import plain_torchdiffeq as plain
 
     _private_copy(data_dir, tmp)
     torch.manual_seed(seed)
-    loader = baseline.train_loader(str(tmp))
-    model = baseline.NeuralODEModel().to(device)
+    loader = plain.train_loader(str(tmp))
+    model = plain.NeuralODEModel().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     state = {"it": iter(loader)}
 
@@ -55,7 +55,7 @@ def _baseline_stepper(device, data_dir, seed, tmp):
         except StopIteration:
             state["it"] = iter(loader)
             x, y = next(state["it"])
-        _, nf, nb = baseline.train_step(model, opt, x.to(device), y.to(device))
+        _, nf, nb = plain.train_step(model, opt, x.to(device), y.to(device))
         return nf, nb
 
     return step, model
@@ -63,17 +63,17 @@ def _baseline_stepper(device, data_dir, seed, tmp):
 
 def _tensor_baseline_stepper(device, data_dir, seed, tmp):
     """Plain torchdiffeq written with MNIST as one tensor on the device (no DataLoader): the strongest plain script."""
-    from .. import baseline
+    from . import plain_torchdiffeq as plain
 
     _private_copy(data_dir, tmp)
     torch.manual_seed(seed)
-    batches = baseline.tensor_batches(str(tmp), device=device)
-    model = baseline.NeuralODEModel().to(device)
+    batches = plain.tensor_batches(str(tmp), device=device)
+    model = plain.NeuralODEModel().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step():
         x, y = next(batches)
-        _, nf, nb = baseline.train_step(model, opt, x, y)
+        _, nf, nb = plain.train_step(model, opt, x, y)
         return nf, nb
 
     return step, model

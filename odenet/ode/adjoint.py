@@ -10,7 +10,7 @@ Forward: solve without building a graph. Backward: integrate the augmented state
 
 The kinetic energy ``E_b = integral |f(z_b)|^2 dt`` is an output like the states: its cotangent ``c_b = dL/dE_b``
 arrives in the backward pass and makes the adjoint's cotangent ``a + 2 c f`` (the running cost's adjoint,
-Finlay et al. 2020). Every vjp receives ``c`` explicitly (``kinetic=``); none reads it from module state.
+Finlay et al. 2020). Every vjp receives ``c`` explicitly (``energy_cotangent=``); none reads it from module state.
 """
 from __future__ import annotations
 
@@ -31,15 +31,15 @@ Vjp = Callable[..., Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def autograd_vjp(func: Callable, params: Sequence[torch.Tensor]) -> Vjp:
-    """``vjp(t, z, a, kinetic=None) -> (f(t, z), (a + 2 kinetic f) df/dz, flat (a + 2 kinetic f) df/dtheta)``
-    through autograd (works for any ``func``); ``kinetic`` broadcasts against ``f`` (per-sample weights)."""
+    """``vjp(t, z, a, energy_cotangent=None) -> (f(t, z), (a + 2 c f) df/dz, flat (a + 2 c f) df/dtheta)`` through
+    autograd (works for any ``func``); ``c = energy_cotangent`` (dL/dE per sample) broadcasts against ``f``."""
 
     def vjp(t: float, z: torch.Tensor, a: torch.Tensor,
-            kinetic: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            energy_cotangent: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             fz = func(t, z)
-            cot = a if kinetic is None else a + 2.0 * kinetic * fz.detach()
+            cot = a if energy_cotangent is None else a + 2.0 * energy_cotangent * fz.detach()
             grads = torch.autograd.grad(fz, (z, *params), cot, allow_unused=True)
         gz = grads[0] if grads[0] is not None else torch.zeros_like(z)
         gp = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads[1:], params)]
@@ -49,10 +49,10 @@ def autograd_vjp(func: Callable, params: Sequence[torch.Tensor]) -> Vjp:
     return vjp
 
 
-def accepts_kinetic(vjp: Callable) -> bool:
-    """Whether ``vjp`` takes the kinetic cotangent (a ``kinetic`` parameter)."""
+def accepts_energy_cotangent(vjp: Callable) -> bool:
+    """Whether ``vjp`` takes the energy cotangent (an ``energy_cotangent`` parameter)."""
     try:
-        return "kinetic" in inspect.signature(vjp).parameters
+        return "energy_cotangent" in inspect.signature(vjp).parameters
     except (TypeError, ValueError):
         return False
 
@@ -104,15 +104,15 @@ class Backprop:
 class Adjoint:
     """Gradients by the continuous adjoint: forward without a graph, backward by solving the augmented system
     (memory flat in the steps). ``params``: the tensors to differentiate; ``vjp``: a fused
-    ``vjp(t, z, a, kinetic=None)`` (None: autograd); ``seminorm``: leave the parameter adjoint out of the
+    ``vjp(t, z, a, energy_cotangent=None)`` (None: autograd); ``seminorm``: leave the parameter adjoint out of the
     backward error norm (Kidger et al. 2021)."""
 
     def __init__(self, params: Sequence[torch.Tensor], vjp: Optional[Vjp] = None, seminorm: bool = False):
         self.params, self.vjp, self.seminorm = list(params), vjp, seminorm
 
     def solve(self, pb: Problem, y0: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        if pb.energy and self.vjp is not None and not accepts_kinetic(self.vjp):
-            raise SolverError("the kinetic energy's gradient needs a vjp that takes kinetic=...; this vjp does not")
+        if pb.energy and self.vjp is not None and not accepts_energy_cotangent(self.vjp):
+            raise SolverError("the kinetic energy's gradient needs a vjp that takes energy_cotangent=...; this vjp does not")
         out = _Adjoint.apply(y0, pb, self, *self.params)
         return out if pb.energy else (out, None)
 
@@ -136,14 +136,15 @@ class _Adjoint(torch.autograd.Function):
         sizes = [p.numel() for p in params]
         vjp = how.vjp or autograd_vjp(pb.func, params)
         controller = dataclasses.replace(pb.controller, norm=_augmented_norm(n, sizes, how.seminorm))
-        kinetic = None
+        energy_cotangent = None
         if grad_e is not None and bool(grad_e.ne(0).any()):
-            kinetic = grad_e.reshape(grad_e.shape + (1,) * (len(shape) - grad_e.dim()))
+            energy_cotangent = grad_e.reshape(grad_e.shape + (1,) * (len(shape) - grad_e.dim()))
 
         def aug(s: float, x: torch.Tensor) -> torch.Tensor:
             """d/ds of [z, a, g] at s = -t, given only [z, a]: g never feeds back (a quadrature)."""
             z, a = x[:n].view(shape), x[n:2 * n].view(shape)
-            fz, gz, gp = vjp(-s, z, a) if kinetic is None else vjp(-s, z, a, kinetic=kinetic)
+            fz, gz, gp = (vjp(-s, z, a) if energy_cotangent is None
+                          else vjp(-s, z, a, energy_cotangent=energy_cotangent))
             return torch.cat([fz.reshape(-1).neg(), gz.reshape(-1), gp])
 
         with torch.no_grad():
@@ -159,4 +160,4 @@ class _Adjoint(torch.autograd.Function):
         return (a.view(shape), None, None, *[gp.view_as(p) for gp, p in zip(grads, params)])
 
 
-__all__ = ["Problem", "Backprop", "Adjoint", "autograd_vjp", "accepts_kinetic"]
+__all__ = ["Problem", "Backprop", "Adjoint", "autograd_vjp", "accepts_energy_cotangent"]

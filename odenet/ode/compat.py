@@ -46,7 +46,7 @@ def odeint_adjoint(func: Callable, y0: State, t: Times, rtol: float = 1e-7, atol
     torchdiffeq's ``odeint_adjoint``. ``adjoint_params``: the tensors to differentiate (default
     ``func.parameters()``; ones without ``requires_grad`` are left out); ``adjoint_options={"norm": "seminorm"}``
     leaves the parameter adjoint out of the backward error norm (Kidger et al. 2021). When ``func`` has a method
-    ``vjp(t, z, a, kinetic=None) -> (f, a df/dz, flat a df/dtheta)`` and ``adjoint_params`` are its parameters,
+    ``vjp(t, z, a, energy_cotangent=None) -> (f, a df/dz, flat a df/dtheta)`` and ``adjoint_params`` are its parameters,
     the native adjoint calls it instead of autograd. The native engine solves backward with the forward's
     method and tolerances: other ``adjoint_rtol/atol/method`` need ``backend="torchdiffeq"``.
     """

@@ -15,7 +15,7 @@ from torch.autograd.function import once_differentiable
 
 from ..errors import SolverError
 from . import torchdiffeq_backend
-from .adjoint import Adjoint, Backprop, Problem, accepts_kinetic
+from .adjoint import Adjoint, Backprop, Problem, accepts_energy_cotangent
 from .checks import adjoint_params, check_state, check_times
 from .native import Stats
 from .settings import AdjointSpec, Solver
@@ -128,7 +128,7 @@ def _fused_vjp(func: Callable, fast, spec: AdjointSpec, params: list, energy: bo
     ``fast`` (from ``func.fast_paths()``) when ``func`` offers fast paths; else ``func.vjp`` when ``func`` is a
     Module whose ``vjp`` is defined where its ``forward`` is or below (a subclass that overrides ``forward`` does
     not inherit a ``vjp`` written for another function). Either returns every parameter's gradient: usable only
-    when ``params`` are ``func.parameters()``, all trainable. With ``energy`` it must take the kinetic cotangent.
+    when ``params`` are ``func.parameters()``, all trainable. With ``energy`` it must take the energy cotangent.
     """
     if not spec.fused_vjp or not isinstance(func, torch.nn.Module):
         return None
@@ -143,8 +143,8 @@ def _fused_vjp(func: Callable, fast, spec: AdjointSpec, params: list, energy: bo
     own = list(func.parameters())
     if len(own) != len(params) or any(p is not q for p, q in zip(own, params)):
         return None
-    if energy and not accepts_kinetic(vjp):
-        raise SolverError(f"{type(func).__name__}.vjp must take kinetic=... for the kinetic energy's gradient "
+    if energy and not accepts_energy_cotangent(vjp):
+        raise SolverError(f"{type(func).__name__}.vjp must take energy_cotangent=... for the kinetic energy's gradient "
                           "(or switch the fused vjp off)")
     return vjp
 
@@ -220,10 +220,10 @@ class _OutputTimes(torch.autograd.Function):
 
 
 def _reversed_vjp(vjp: Callable) -> Callable:
-    """The vjp of ``s -> -f(-s, z)``; the kinetic cotangent flips with ``f``'s sign."""
+    """The vjp of ``s -> -f(-s, z)``; the energy cotangent flips with ``f``'s sign."""
 
-    def rvjp(s, z, a, kinetic=None):
-        fz, gz, gp = vjp(-s, z, a) if kinetic is None else vjp(-s, z, a, kinetic=-kinetic)
+    def rvjp(s, z, a, energy_cotangent=None):
+        fz, gz, gp = vjp(-s, z, a) if energy_cotangent is None else vjp(-s, z, a, energy_cotangent=-energy_cotangent)
         return -fz, -gz, -gp
 
     return rvjp

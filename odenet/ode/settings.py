@@ -173,7 +173,7 @@ class AdjointSpec:
 
     ``enabled``: the continuous adjoint (memory flat in the number of steps) instead of backpropagation through
     the solver. ``seminorm``: the backward error norm leaves the parameter adjoint out (Kidger et al. 2021).
-    ``fused_vjp``: use ``func.vjp(t, z, a, kinetic=None) -> (f, a df/dz, flat a df/dtheta)`` when ``func``
+    ``fused_vjp``: use ``func.vjp(t, z, a, energy_cotangent=None) -> (f, a df/dz, flat a df/dtheta)`` when ``func``
     defines one (and ``params`` are its parameters), else autograd. ``params``: the tensors to differentiate
     (None: ``func.parameters()``).
     """

@@ -1,4 +1,5 @@
-"""The reference: the seed's model written plainly with torchdiffeq, as a user would (for ``odenet bench speed``).
+"""The plain-torchdiffeq baseline: the seed's model written plainly with torchdiffeq, as a user would (the reference
+of ``odenet bench speed``).
 
 torchvision dataset + DataLoader batches (or the whole set as one tensor: ``tensor_batches``),
 ``torchdiffeq.odeint_adjoint`` with dopri5, Adam. Nothing here
