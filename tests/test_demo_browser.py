@@ -188,7 +188,7 @@ def _triangle(p):
     ("truncated.jpg", "not a readable image"),
 ])
 def test_odd_uploads_through_the_page(browser, url, tmp_path, name, expect):
-    from test_uploads import BAD, VALID
+    from test_images import BAD, VALID
 
     path = tmp_path / name
     {**VALID, **{k: v[0] for k, v in BAD.items()}, "triangle.png": _triangle}[name](path)

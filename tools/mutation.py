@@ -1,15 +1,15 @@
 """Mutation score (mutmut) of the solver engine and of the training step, each with the fast tests that cover it.
 
     pip install mutmut
-    python tools/mutation.py ode          # odenet/ode/*: test_ode, test_odeint_contract, test_solver_settings
-    python tools/mutation.py ode-front    # only its front end and settings (frontend.py, settings.py)
+    python tools/mutation.py ode          # odenet/ode/*: test_ode, test_ode_compat, test_ode_settings
+    python tools/mutation.py ode-front    # only its front end: integrate.py, compat.py, checks.py, settings.py
     python tools/mutation.py train_step   # train_step in odenet/train.py: tests/test_train_step.py
 
 Works in a scratch copy of the repository's tracked files (nothing here is touched), adds the target's
 ``[tool.mutmut]`` section to the copy's pyproject.toml, runs ``mutmut run`` there and prints killed / survived /
 timed out / no tests, and the surviving mutants' names (``mutmut show NAME`` in the copy shows each diff).
 mutmut 3 mutates the insides of functions only; module-level data (the Butcher tableaus) is checked by
-tests/test_ode.py's order tests, not by mutants. Results: docs/testing.md.
+tests/test_ode.py's order tests, not by mutants. Results: docs/testing-history.md.
 """
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {
     "ode": {"only_mutate": ["odenet/ode/*"],
-            "tests": ["tests/test_ode.py", "tests/test_odeint_contract.py", "tests/test_solver_settings.py"]},
-    "ode-front": {"only_mutate": ["odenet/ode/frontend.py", "odenet/ode/settings.py"],
-                  "tests": ["tests/test_ode.py", "tests/test_odeint_contract.py", "tests/test_solver_settings.py"]},
+            "tests": ["tests/test_ode.py", "tests/test_ode_compat.py", "tests/test_ode_settings.py"]},
+    "ode-front": {"only_mutate": ["odenet/ode/integrate.py", "odenet/ode/compat.py", "odenet/ode/checks.py",
+                                  "odenet/ode/settings.py"],
+                  "tests": ["tests/test_ode.py", "tests/test_ode_compat.py", "tests/test_ode_settings.py"]},
     "train_step": {"only_mutate": ["odenet/train.py"], "tests": ["tests/test_train_step.py"]},
 }
 

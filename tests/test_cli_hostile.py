@@ -4,7 +4,7 @@ non-zero, finish quickly and lose nothing.
 Each CLI case runs ``odenet.cli.main`` in this process (a traceback would fail the test with it) and checks: a
 non-zero exit, exactly one line on stderr, ``odenet: error: ...`` and the expected words, within a time bound
 (refusals come before any data is read or memory allocated), and that nothing on disk changed. The demo's
-cases, through its HTTP API, are in ``test_hostile_demo.py``.
+cases, through its HTTP API, are in ``test_demo_hostile.py``.
 """
 from __future__ import annotations
 
