@@ -2,6 +2,7 @@
 ``open_model``, the one way every command and the Python API open a trained model."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
@@ -26,10 +27,13 @@ def save(path: Path, state: Dict[str, Any]) -> None:
 
 
 def load(path: str) -> Dict[str, Any]:
-    """Read a checkpoint; a one-line ``OdenetError`` for anything that is not an odenet checkpoint."""
+    """Read a checkpoint (``.pt``, or weights written by ``odenet export --format safetensors``); a one-line
+    ``OdenetError`` for anything that is not an odenet checkpoint."""
     p = Path(path)
     if not p.is_file():
         raise OdenetError(f"checkpoint not found: {path}")
+    if p.suffix == ".safetensors":
+        return _load_safetensors(p)
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises many kinds on foreign files
@@ -40,6 +44,27 @@ def load(path: str) -> Dict[str, Any]:
     if state.get("version") != VERSION:
         raise OdenetError(f"{path}: checkpoint version {state.get('version')} is not supported")
     return state
+
+
+def _load_safetensors(p: Path) -> Dict[str, Any]:
+    """A safetensors file's weights and, from its metadata, the config and epoch, as a checkpoint dict."""
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise OdenetError(f"{p} holds safetensors weights: pip install safetensors (or 'odenet-mnist[export]')") from None
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if meta.get("format") != "odenet-safetensors":
+            raise ValueError("no odenet metadata")
+        for name, same in json.loads(meta.get("aliases", "{}")).items():  # one tensor under two names
+            tensors[name] = tensors[same]
+        return {"format": FORMAT, "version": VERSION, "config": json.loads(meta["config"]), "model": tensors,
+                "epoch": int(meta["epoch"]), "history": []}
+    except Exception as e:  # noqa: BLE001 - safetensors and json raise many kinds on foreign files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OdenetError(f"{p} is not odenet safetensors weights ({first[:100]})") from None
 
 
 def resolve_path(path: Optional[Union[str, Path]]) -> Path:

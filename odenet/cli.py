@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .config import Config, count, load_config_file
+from .ode.tableaus import FIXED_METHODS
 from .errors import OdenetError
 
 def _train_flags():
@@ -90,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="dataset folder (default: the run's, else $ODENET_DATA_DIR or the cache)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     p.add_argument("--tsne-points", type=count(10, 10_000), default=2000, help="test images in the t-SNE panels (default: 2000)")
+
+    p = sub.add_parser("export", help="the model as ONNX or torch.export (ODE unrolled on a fixed grid, checked "
+                                      "on the test set), or its weights as safetensors")
+    p.add_argument("--format", choices=("onnx", "torch-export", "safetensors"), default="onnx",
+                   help="onnx (run by onnxruntime), torch-export (an ExportedProgram) or safetensors (weights and "
+                        "config; default: onnx)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write (never overwritten)")
+    p.add_argument("--model", metavar="RUN_DIR|CHECKPOINT", help=model_help)
+    p.add_argument("--solver", choices=FIXED_METHODS, default=None,
+                   help="fixed-step method of the unrolled ODE (default: the coarsest grid that keeps the model's "
+                        "answers on 99.9%% of the test set, measured as odenet bench invariance does)")
+    p.add_argument("--steps", type=count(1, 1000), default=None, help="steps of the grid over [0, T]")
+    p.add_argument("--data-dir", help="dataset folder (default: the run's, else $ODENET_DATA_DIR or the cache)")
+    p.add_argument("--test-subset", type=count(1), default=None, help="check on a fixed random subset")
+    p.add_argument("--device", default="cpu", help="where the check runs the PyTorch model (default: cpu)")
 
     from . import bench
 
@@ -243,11 +259,52 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from . import export, invariance
+    from .checkpoint import open_model
+
+    out = Path(args.out)
+    if out.exists():
+        raise OdenetError(f"{out} exists; odenet export never overwrites a file: remove it or choose another --out")
+    if not out.parent.is_dir():
+        raise OdenetError(f"no such folder: {out.parent}")
+    if args.steps is not None and args.solver is None:
+        raise OdenetError("--steps needs --solver (euler, midpoint or rk4)")
+    if args.format == "safetensors":
+        m = open_model(args.model, args.device)
+        export.safetensors(m.model, m.cfg, out, m.state["epoch"])
+        print(f"wrote {out}: the weights of {m.path} (after epoch {m.state['epoch']}) and its config")
+        return 0
+    m = open_model(args.model, args.device, test=True, data_dir=args.data_dir, test_subset=args.test_subset)
+    method, steps = args.solver, args.steps
+    if steps is None:
+        sweep = invariance.sweep(m.model, m.test, fixed=(method,) if method else invariance.FIXED, adaptive=())
+        best = sweep.coarsest
+        if best is None:
+            raise OdenetError(f"the model is {sweep.verdict()}; give --solver and --steps to export a grid anyway")
+        method, steps = best.solver, best.steps
+        print(f"grid: {best.label}, the coarsest whose answers match dopri5 at rtol 1e-7 on {best.agreement:.2%} "
+              f"of {sweep.n} test digits")
+    write = export.onnx if args.format == "onnx" else export.torch_export
+    write(m.model, out, method, steps)
+    res = export.check(export.runner(out, args.format), m.model, m.test)
+    engine = "onnxruntime" if args.format == "onnx" else "torch.export"
+    print(f"wrote {out}: {m.path.name} with its ODE unrolled on {method} × {steps} steps; input images (batch, 1, 28, "
+          f"28) as odenet.preprocess returns them, output class probabilities (batch, {m.model.classifier[-1].out_features})")
+    print(f"{engine} on {res['n']} test digits: accuracy {res['exported_accuracy']:.4f} (PyTorch model: "
+          f"{res['torch_accuracy']:.4f}), same answer as the PyTorch model on {res['agreement']:.2%}, largest "
+          f"probability difference {res['max_probability_difference']:.2g}")
+    if res["agreement"] < invariance.AGREEMENT:
+        raise OdenetError(f"the exported graph keeps the model's answers on only {res['agreement']:.2%} "
+                          f"(< {invariance.AGREEMENT:.1%}); {out} is written but not fit to ship: try more --steps")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report,
-                "demo": cmd_demo}
+                "demo": cmd_demo, "export": cmd_export}
     try:
         if args.command == "bench":
             from . import bench

@@ -183,3 +183,26 @@ def predictions(images: np.ndarray, probs: np.ndarray, truth: np.ndarray, path: 
                         family="monospace")
         _save(fig, path)
     return {"sample": sample, "mistakes": mistakes}
+
+
+def solver_invariance(rows: List[Dict], path: Path, agreement: float = 0.999) -> Dict[str, np.ndarray]:
+    """The share of the reference's answers each solver keeps, against its NFE (fixed grids as lines, adaptive
+    solvers as points); the dashed line is the agreement export asks for."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        out = {}
+        fixed = sorted({r["solver"] for r in rows if r["steps"]})
+        for i, name in enumerate(fixed):
+            pts = sorted((r["nfe"], 1.0 - r["changed"]) for r in rows if r["solver"] == name and r["steps"])
+            x, y = np.array(pts).T
+            ax.plot(x, 100 * y, "o-", color=COLORS[i], label=name)
+            out[name] = y
+        for j, r in enumerate(r for r in rows if not r["steps"]):
+            ax.plot([r["nfe"]], [100 * (1.0 - r["changed"])], "s", color=COLORS[len(fixed) + j],
+                    label=f"{r['solver']} (adaptive)")
+        ax.axhline(100 * agreement, ls="--", color="grey", lw=0.8)
+        ax.set(xscale="log", xlabel="NFE (forward, per batch)", ylabel="answers as the reference's (%)",
+               title="Solver invariance")
+        ax.legend()
+        _save(fig, path)
+    return out

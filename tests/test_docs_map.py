@@ -146,6 +146,11 @@ def test_every_code_name_a_page_gives_exists(page):
     assert not missing, f"docs/{page} names what the code does not have: {missing}"
 
 
+def test_the_layer_table_places_every_module():
+    listed = {n for n, is_module in named_in((DOCS / "architecture.md").read_text()) if is_module}
+    assert listed == set(MODULES), (sorted(set(MODULES) - listed), sorted(listed - set(MODULES)))
+
+
 def test_every_public_name_has_its_section_in_api_md():
     headings = set(re.findall(r"^### `odenet\.([A-Za-z_]+)", (DOCS / "api.md").read_text(), re.M))
     assert set(odenet.__all__) <= headings, sorted(set(odenet.__all__) - headings)

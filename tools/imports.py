@@ -20,9 +20,11 @@ LAYERS = [
              "ode.torchdiffeq_backend", "ode.integrate", "ode.compat", "ode"]),
     ("settings and data", ["config", "data", "images"]),
     ("model", ["model"]),
-    ("model services", ["checkpoint", "shipped", "evaluate", "flow", "ood", "figures", "distributed"]),
+    ("model services", ["checkpoint", "shipped", "evaluate", "flow", "ood", "figures", "distributed", "invariance",
+                        "export"]),
     ("jobs", ["train", "report", "demo"]),
-    ("benchmarks", ["bench.common", "bench.plain_torchdiffeq", "bench.speed", "bench.gradients", "bench.solvers", "bench"]),
+    ("benchmarks", ["bench.common", "bench.plain_torchdiffeq", "bench.speed", "bench.gradients", "bench.solvers",
+                    "bench.invariance", "bench"]),
     ("faces", ["api", "cli", "__main__", ""]),
 ]
 

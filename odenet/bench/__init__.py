@@ -1,7 +1,7 @@
-"""Benchmarks: ``odenet bench speed | solvers | gradients``. Each prints a markdown table and writes
+"""Benchmarks: ``odenet bench speed | solvers | gradients | invariance``. Each prints a markdown table and writes
 ``<out>/<study>.md``, ``<study>.json`` and ``<study>.png``. Benchmarks measure; tests only exercise them.
 
-One module per study (``speed``, ``solvers``, ``gradients``), each with its ``add_args`` and ``run``; ``common``
+One module per study (``speed``, ``solvers``, ``gradients``, ``invariance``), each with its ``add_args`` and ``run``; ``common``
 holds what they share.
 """
 from __future__ import annotations
@@ -13,18 +13,19 @@ from pathlib import Path
 
 from ..config import count, default_data_dir
 from ..errors import OdenetError
-from . import gradients, solvers, speed
+from . import gradients, invariance, solvers, speed
 from .common import device, machine
 
 STUDIES = {
     "speed": (speed, "plain torchdiffeq vs odenet's training step (same data, seed)"),
     "solvers": (solvers, "accuracy, time, NFE and stability per solver"),
     "gradients": (gradients, "adjoint vs direct backprop: error, memory, time"),
+    "invariance": (invariance, "a trained model's answers under other solvers (which fixed grid to export)"),
 }
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks: speed, solvers, gradients")
+    p = sub.add_parser("bench", help="benchmarks: speed, solvers, gradients, invariance")
     bs = p.add_subparsers(dest="study", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", default="bench", help="folder for the tables and plots (default: bench)")
