@@ -27,7 +27,7 @@ from .config import Config
 from .data import class_names, normalize
 from .errors import OdenetError
 from .files import write_once
-from .flow import Flow, FlowMap, decision_along_flow
+from .flow import Flow, FlowMap, decision_along_flow, last_change
 from . import ood
 from .model import NeuralODEModel
 from .ode import NATIVE_METHODS
@@ -195,6 +195,9 @@ class Predictor:
         top = int(np.argmax(flow.final))
         text = (f"**{self.names[top]}** with probability {flow.final[top]:.3f} · {flow.nfe} function evaluations · "
                 f"{flow.ms:.0f} ms · solver {solver}, T = {flow.ts[-1]:g}")
+        change = last_change(flow.ts, flow.probs.argmax(1))
+        text += ("\n\nthe flow did not change the answer: the classifier says the same on z(0)" if change is None else
+                 f"\n\nthe flow changed {self.names[change[0]]} → {self.names[change[1]]} at t = {change[2]:.2f}")
         line = ood.verdict(score, self.detector.threshold if self.detector else None, self.dataset)
         if line is not None:
             text += f"\n\n⚠ **{line}**"

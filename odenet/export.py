@@ -70,7 +70,7 @@ class Unrolled(nn.Module):
                 for a, k in zip(tab.a[i], ks):
                     if a != 0.0:
                         zi = zi + (h * a) * k
-                ks.append(f(torch.tensor(t0 + tab.c[i] * h, dtype=z.dtype), zi))
+                ks.append(f(z.new_full((), t0 + tab.c[i] * h), zi))
             z = z + sum((h * b) * k for b, k in zip(tab.b, ks) if b != 0.0)
         return z
 

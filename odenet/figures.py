@@ -206,3 +206,30 @@ def solver_invariance(rows: List[Dict], path: Path, agreement: float = 0.999) ->
         ax.legend()
         _save(fig, path)
     return out
+
+
+def flow_changes(images: np.ndarray, labels: np.ndarray, ts: np.ndarray, classes: np.ndarray, path: Path,
+                 class_names: Sequence[str]) -> Path:
+    """Digits whose answer the flow changed: each image with its true class and the class along t (a strip of
+    the argmax class at each time)."""
+    n = max(len(images), 1)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 2.6), squeeze=False,
+                                 gridspec_kw={"height_ratios": [3, 1]})
+        for j in range(n):
+            ax, strip = axes[0, j], axes[1, j]
+            ax.axis("off")
+            strip.set_yticks([])
+            if j >= len(images):
+                strip.axis("off")
+                ax.set_title("the flow changed\nno answer", fontsize=8)
+                continue
+            ax.imshow(images[j], cmap="gray_r")
+            ax.set_title(f"true {class_names[labels[j]]}\n{class_names[classes[j][0]]} → "
+                         f"{class_names[classes[j][-1]]}", fontsize=8)
+            strip.imshow(np.asarray(classes[j])[None, :], aspect="auto", cmap="tab10", vmin=0, vmax=9,
+                         extent=(ts[0], ts[-1], 0, 1))
+            strip.set_xticks([ts[0], ts[-1]])
+            strip.set_xlabel("t", fontsize=7)
+        _save(fig, path)
+    return Path(path)

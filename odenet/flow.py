@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -110,3 +110,51 @@ def cached_flow_map(run: Path, model: NeuralODEModel, load_test) -> Optional[Flo
     fmap = build_flow_map(model, split.x, split.y)
     atomic_write_bytes(path, lambda f: torch.save(fmap.to_state(), f))
     return fmap
+
+
+@torch.no_grad()
+def contribution(model: NeuralODEModel, split, batch_size: int = 1000, examples: int = 8,
+                 n_times: int = 21) -> Dict:
+    """What the ODE adds to the classifier on ``split`` (a ``Split``): the classifier's accuracy on z(0) (no flow)
+    and on z(T), the share of answers the flow changes, the mean relative displacement ``|z(T) - z(0)| / |z(0)|``,
+    the accuracy at the end times 0, T/4, T/2, T and 2T (the flow stopped early or run on), and up to ``examples``
+    digits whose answer the flow changed, with the class along t (``n_times`` times in [0, T])."""
+    model.eval()
+    block = model.odeblock
+    t_end = float(block.end_time)
+    times = [0.25 * t_end, 0.5 * t_end, t_end, 2.0 * t_end]
+    labels = split.y
+    pred0, predT, moved, by_t = [], [], [], []
+    for x, _ in split.batches(batch_size):
+        z0 = model.encode(x)
+        zT = block(z0)
+        zs = block.trajectory(z0, times)  # (4, B, D): dense output of one solve over [0, 2T]
+        pred0.append(model.classifier(z0).argmax(1))
+        predT.append(model.classifier(zT).argmax(1))
+        moved.append((zT - z0).norm(dim=1) / z0.norm(dim=1).clamp_min(1e-12))
+        by_t.append(model.classifier(zs).argmax(-1))
+    p0, pT, step = torch.cat(pred0), torch.cat(predT), torch.cat(moved)
+    pt = torch.cat(by_t, 1)
+    acc = lambda p: float((p == labels).float().mean())  # noqa: E731
+    changed = torch.nonzero(p0 != pT).flatten()[:examples]
+    ts = np.linspace(0.0, t_end, n_times)
+    along = (model.decision(split.x[changed], ts.tolist()).argmax(-1).T if len(changed)
+             else torch.zeros(0, n_times, dtype=torch.long))
+    return {"acc_z0": acc(p0), "acc_zT": acc(pT), "changed": float((p0 != pT).float().mean()),
+            "changed_right": float(((p0 != pT) & (pT == labels)).float().mean()),
+            "changed_wrong": float(((p0 != pT) & (p0 == labels)).float().mean()),
+            "rel_displacement": float(step.mean()), "n": len(labels),
+            "acc_by_t": {"0": acc(p0), **{f"{t / t_end:g}T": acc(pt[i]) for i, t in enumerate(times)}},
+            "examples": {"index": changed.tolist(), "label": labels[changed].tolist(), "ts": ts.tolist(),
+                         "class_along_t": along.tolist()}}
+
+
+def last_change(ts: np.ndarray, classes: np.ndarray) -> Optional[Tuple[int, int, float]]:
+    """Where the answer along the flow settled: ``(from class, to class, t)`` of its last change, or None when the
+    class never changes. ``classes``: the class at each time of ``ts``."""
+    classes = np.asarray(classes)
+    off = np.flatnonzero(classes != classes[-1])
+    if len(off) == 0:
+        return None
+    i = int(off[-1]) + 1  # from here on the answer is the final one
+    return int(classes[i - 1]), int(classes[-1]), float(ts[i])

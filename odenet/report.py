@@ -12,11 +12,12 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from . import figures
+from . import figures, invariance
 from .checkpoint import open_model
 from .files import atomic_write_text
 from .data import STATS, Split, class_names
 from .errors import OdenetError
+from .flow import contribution
 from .model import NeuralODEModel
 
 FIGURES = ["training_history", "ode_trajectories", "latent_space", "ode_dynamics", "confusion_matrix", "predictions"]
@@ -170,13 +171,59 @@ def write_report(run: Path, data_dir: Optional[str] = None, device: str = "auto"
     names = class_names(m.cfg.dataset)
     data = collect(m.model, m.test, m.cfg.dataset)
     res = make_figures(run, history, data, names, tsne_points)
+    sections = flow_section(run, m.model, m.test, m.cfg.dataset) + invariance_section(run, m.model, m.test)
     acc = float((data.probs.argmax(1) == data.labels).mean())
     seconds = time.perf_counter() - start
     page = render_html(run, m.cfg.to_dict(), history, str(m.model), m.path.name, m.state["epoch"], acc,
-                       len(data.labels), res["latent_space"]["scores"], seconds, m.chosen_by, flow_stats(data))
+                       len(data.labels), res["latent_space"]["scores"], seconds, m.chosen_by, flow_stats(data),
+                       sections)
     out = run / "report.html"
     atomic_write_text(out, page)
     return out
+
+
+def _figure(path: Path, alt: str, caption: str) -> str:
+    b64 = base64.b64encode(Path(path).read_bytes()).decode()
+    return (f'<figure><img alt="{alt}" src="data:image/png;base64,{b64}"><figcaption>{html.escape(caption)}'
+            "</figcaption></figure>")
+
+
+def flow_section(run: Path, model: NeuralODEModel, test: Split, dataset: str) -> str:
+    """What the flow contributes (``flow.contribution``): the numbers, accuracy against the end time, and the
+    digits whose answer the flow changed."""
+    c = contribution(model, test)
+    ex = c["examples"]
+    idx = ex["index"]
+    names = class_names(dataset)
+    mean, std = STATS[dataset]
+    images = (test.x[idx, 0] * std + mean).clamp(0, 1).cpu().numpy() if idx else np.zeros((0, 28, 28))
+    path = figures.flow_changes(images, np.array(ex["label"], dtype=int), np.array(ex["ts"]),
+                                np.array(ex["class_along_t"], dtype=int).reshape(len(idx), len(ex["ts"])),
+                                figure_dir(run) / "flow_changes.png", names)
+    rows = [("classifier on z(0), no flow", f"{c['acc_z0']:.4f}"), ("classifier on z(T)", f"{c['acc_zT']:.4f}"),
+            ("answers the flow changes", f"{c['changed']:.2%} ({c['changed_right']:.2%} to right, "
+                                         f"{c['changed_wrong']:.2%} to wrong) of {c['n']} test images"),
+            ("mean |z(T) - z(0)| / |z(0)|", f"{c['rel_displacement']:.3f}")]
+    by_t = _table([(f"accuracy with the flow stopped at t = {k}", f"{v:.4f}") for k, v in c["acc_by_t"].items()])
+    return ("<h2>What the flow contributes</h2>" + _table(rows) + by_t +
+            _figure(path, "flow_changes", "Test digits whose answer the flow changed (up to 8): the true class, the "
+                    "answer at t = 0 and at T, and the class along t (one colour per class)."))
+
+
+def invariance_section(run: Path, model: NeuralODEModel, test: Split) -> str:
+    """The model's answers under other solvers (``odenet bench invariance``): a table, a figure, a verdict."""
+    res = invariance.sweep(model, test)
+    rows = res.to_dict()["rows"]
+    path = figure_dir(run) / "solver_invariance.png"
+    figures.solver_invariance(rows, path, invariance.AGREEMENT)
+    table = ("<table><tr><th>solver</th><th>steps</th><th>NFE</th><th>test accuracy</th><th>answers changed vs "
+             "dopri5 rtol 1e-7</th></tr>" + "".join(
+                 f"<tr><td>{r.solver}</td><td>{r.steps or 'adaptive'}</td><td>{r.nfe:.0f}</td>"
+                 f"<td>{r.accuracy:.4f}</td><td>{r.changed:.2%}</td></tr>" for r in res.rows) + "</table>")
+    return (f"<h2>Solver invariance</h2><p>{html.escape(res.verdict())} (reference accuracy "
+            f"{res.reference_accuracy:.4f} at {res.reference_nfe:.0f} NFE).</p>" + table +
+            _figure(path, "solver_invariance", "Share of the reference's answers each solver keeps against its NFE; "
+                    "the dashed line is the 99.9% that odenet export asks of a fixed grid."))
 
 
 def _table(rows) -> str:
@@ -186,7 +233,7 @@ def _table(rows) -> str:
 
 def render_html(run: Path, config: Dict, history: List[Dict], model_print: str, ck_name: str, ck_epoch: int,
                 acc: float, n: int, scores: Dict, seconds: float, chosen: str = "",
-                flow: Optional[Dict[str, float]] = None) -> str:
+                flow: Optional[Dict[str, float]] = None, sections: str = "") -> str:
     """A self-contained page: images embedded as base64, no external resources."""
     last = history[-1]
     val = [("best validation accuracy (chooses best.pt)", "{val_acc:.4f} at epoch {epoch}".format(
@@ -218,5 +265,5 @@ def render_html(run: Path, config: Dict, history: List[Dict], model_print: str, 
             f"<style>{css}</style></head><body><h1>odenet training report: {html.escape(run.name)}</h1>"
             f"<div class='cols'><div><h2>Results</h2>{_table(metrics)}</div>"
             f"<div><h2>Configuration</h2>{_table(config.items())}</div></div>"
-            + "".join(parts) +
+            + "".join(parts) + sections +
             f"<h2>Model</h2><pre>{html.escape(model_print)}</pre></body></html>")

@@ -29,6 +29,7 @@ from .device import resolve_device
 from .errors import DivergenceError, Interrupted, OdenetError, SolverError
 from .evaluate import run_eval
 from .files import atomic_write_text
+from .flow import contribution
 from .model import NeuralODEModel
 
 EpochHook = Callable[[Path, List[Dict]], None]
@@ -308,7 +309,17 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
         stop.restore()
         if writer is not None:
             writer.close()
+    if ctx.is_main and st.history:
+        _record_flow(st, test_set, run)
     return _summarize(run, st.history, ctx, val_set is not None)
+
+
+def _record_flow(st: _State, test_set, run: Path) -> None:
+    """At the end of training, what the flow contributes to the evaluated model (``flow.contribution``) joins the
+    last epoch's record in metrics.jsonl as ``flow``: accuracy on z(0) and z(T), answers changed, displacement."""
+    c = contribution(st.eval_model, test_set, st.cfg.eval_batch_size)
+    st.history[-1]["flow"] = {k: v for k, v in c.items() if k != "examples"}
+    _write_metrics(run, st.history)
 
 
 def _check(cfg: Config, ctx: distributed.Context, log: Callable[[str], None]) -> None:

@@ -200,7 +200,8 @@ def test_odd_uploads_through_the_page(browser, url, tmp_path, name, expect):
     pg.locator("#upload input[type=file]").set_input_files(str(path))
     sync_api.expect(pg.locator("#status")).to_contain_text(expect.strip("*"), timeout=60_000)
     text = status(pg)
-    if expect.startswith("**"):  # a prediction: the top class shown is the digit
+    if expect.startswith("**"):  # a prediction: the top class shown is the digit, and what the flow did to it
         assert wait_prediction(pg) == expect.strip("*")
+        assert "the flow did not change the answer" in text or "the flow changed " in text
     assert "Traceback" not in text and "Error" not in text and not errors
     pg.close()

@@ -40,3 +40,20 @@ def test_predictor_writes_each_image_once(tmp_path):
     img[0, 0] = 1
     assert pred.image_file(img) != a
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({Path(a).name, Path(pred.image_file(img)).name})
+
+
+def test_the_summary_says_where_the_flow_changed_the_answer():
+    import numpy as np
+
+    from odenet.demo import Predictor
+    from odenet.flow import Flow
+    from odenet.model import NeuralODEModel
+
+    pred = Predictor(NeuralODEModel(), "mnist", None)
+    ts = np.linspace(0.0, 1.0, 5)
+    probs = np.full((5, 10), 0.05)
+    probs[:2, 3] = probs[2:, 8] = 0.55  # the classifier says 3 on z(0) and z(0.25), 8 from t = 0.5 on
+    text = pred.summary(Flow(ts, np.zeros((5, 64)), probs, 14, 3.0), "dopri5")
+    assert text.startswith("**8** with probability 0.550") and "the flow changed 3 → 8 at t = 0.50" in text
+    probs[:, 3], probs[:, 8] = 0.55, 0.05
+    assert "the flow did not change the answer" in pred.summary(Flow(ts, np.zeros((5, 64)), probs, 14, 3.0), "rk4")

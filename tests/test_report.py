@@ -87,10 +87,17 @@ def test_report_writes_six_pngs_and_self_contained_html(tiny_run, capsys):
         assert (run / "figures" / f"{name}.png").read_bytes().startswith(PNG), name
     page = (run / "report.html").read_text()
     imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(imgs) == 6 and all(base64.b64decode(i).startswith(PNG) for i in imgs)
+    assert len(imgs) == 8 and all(base64.b64decode(i).startswith(PNG) for i in imgs)  # the six, flow, invariance
     assert "http://" not in page and "https://" not in page
     assert "NeuralODEModel(" in page and "dopri5" in page
     assert "how far the ODE moves a state" in page and "kinetic energy" in page
+    # the flow's section reads the same model: the classifier on z(T) is the checkpoint's test accuracy
+    on_zT = re.search(r"classifier on z\(T\)</th><td>([0-9.]+)<", page).group(1)
+    assert on_zT == re.search(r"test accuracy \(checkpoint\)</th><td>([0-9.]+) on", page).group(1)
+    assert "accuracy with the flow stopped at t = 0.5T" in page
+    assert "<h2>Solver invariance</h2><p>solver-invariant" in page or "<h2>Solver invariance</h2><p>not solver" in page
+    for name in ("flow_changes", "solver_invariance"):
+        assert (run / "figures" / f"{name}.png").read_bytes().startswith(PNG), name
 
 
 def test_report_bad_folder(tmp_path, capsys):
@@ -100,3 +107,41 @@ def test_report_bad_folder(tmp_path, capsys):
     assert "no metrics.jsonl" in err and len(err.strip().splitlines()) == 1
     assert main(["report", str(tmp_path / "missing")]) == 1
     assert "no such run folder" in capsys.readouterr().err
+
+
+def test_the_flows_contribution_is_measured_not_assumed():
+    """A flow that stands still changes nothing; one that moves the states changes what the numbers say."""
+    import numpy as np
+    import torch
+
+    from odenet.data import Split
+    from odenet.flow import contribution, last_change
+    from odenet.model import NeuralODEModel
+
+    torch.manual_seed(0)
+    model = NeuralODEModel().eval()
+    x = torch.randn(50, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        labels = model.classifier(model.encode(x)).argmax(1)  # what the classifier says without the flow
+        model.odefunc.net[-1].weight.zero_()
+        model.odefunc.net[-1].bias.zero_()  # f = 0: z(t) = z(0)
+    still = contribution(model, Split(x, labels), batch_size=16)
+    assert still["acc_z0"] == still["acc_zT"] == 1.0 and still["changed"] == 0.0
+    assert still["rel_displacement"] == 0.0 and set(still["acc_by_t"].values()) == {1.0}
+    assert still["acc_by_t"].keys() == {"0", "0.25T", "0.5T", "1T", "2T"} and still["examples"]["index"] == []
+    with torch.no_grad():
+        model.odefunc.net[-1].bias.copy_(torch.linspace(-3, 3, 64))  # a strong constant drift: z(t) = z(0) + t b
+    moved = contribution(model, Split(x, labels), batch_size=16)
+    zT = model.encode(x) + model.odefunc.net[-1].bias
+    expected = float(((zT - model.encode(x)).norm(dim=1) / model.encode(x).norm(dim=1)).mean())
+    assert abs(moved["rel_displacement"] - expected) < 1e-4 * expected
+    flipped = (model.classifier(zT).argmax(1) != labels).float().mean().item()
+    assert moved["changed"] == pytest.approx(flipped) and flipped > 0 and moved["acc_z0"] == 1.0
+    assert moved["acc_zT"] == pytest.approx(1.0 - flipped) and moved["changed_wrong"] == pytest.approx(flipped)
+    assert moved["changed_right"] == 0.0
+    ex = moved["examples"]
+    assert len(ex["index"]) == min(8, round(flipped * 50))
+    assert all(c[0] == labels[i] and c[-1] != labels[i] for i, c in zip(ex["index"], ex["class_along_t"]))
+    assert last_change(np.linspace(0, 1, 5), np.array([3, 3, 8, 8, 8])) == (3, 8, 0.5)
+    assert last_change(np.linspace(0, 1, 5), np.array([3, 8, 3, 3, 3])) == (8, 3, 0.5)
+    assert last_change(np.linspace(0, 1, 3), np.array([2, 2, 2])) is None

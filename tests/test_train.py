@@ -35,6 +35,9 @@ def test_train_writes_run_folder_and_learns(tiny_config):
     assert lines[0]["nfe_forward"] == 8 and lines[0]["nfe_backward"] == 8  # rk4, 2 steps, 4 stages each way
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
     assert lines[-1]["test_acc"] > 0.5  # the synthetic classes are easy; chance is 0.1
+    flow = lines[-1]["flow"]  # what the flow contributes, recorded at the end of training only
+    assert "flow" not in lines[0] and flow["acc_zT"] == lines[-1]["test_acc"] and flow["n"] == 120
+    assert flow["acc_by_t"]["1T"] == pytest.approx(flow["acc_zT"], abs=2 / 120) and flow["acc_by_t"]["0"] == flow["acc_z0"]
     assert (run / "checkpoints" / "last.pt").is_file()
     assert not (run / "checkpoints" / "best.pt").exists()  # no validation split: the test set chooses nothing
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3
@@ -66,8 +69,9 @@ def test_resume_reaches_identical_final_metrics(tiny_config):
     a = [json.loads(s) for s in (Path(full.out) / "full" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(a) == len(b) == 2
-    for k in ("train_loss", "test_loss", "test_acc", "nfe_forward", "nfe_backward"):
+    for k in ("train_loss", "test_loss", "test_acc", "nfe_forward", "nfe_backward", "flow"):
         assert a[-1][k] == b[-1][k], k
+    assert "flow" not in b[0]  # the record of the epoch the run was resumed after is the checkpoint's
     ma, _, _ = checkpoint.load_model(str(Path(full.out) / "full" / "checkpoints" / "last.pt"))
     mb, _, _ = checkpoint.load_model(str(run / "checkpoints" / "last.pt"))
     for p, q in zip(ma.parameters(), mb.parameters()):
