@@ -135,15 +135,16 @@ def contribution(model: NeuralODEModel, split, batch_size: int = 1000, examples:
         by_t.append(model.classifier(zs).argmax(-1))
     p0, pT, step = torch.cat(pred0), torch.cat(predT), torch.cat(moved)
     pt = torch.cat(by_t, 1)
-    acc = lambda p: float((p == labels).float().mean())  # noqa: E731
+    n = len(labels)
+    acc = lambda p: int((p == labels).sum()) / n  # noqa: E731 - counts, exact
+    share = lambda mask: int(mask.sum()) / n  # noqa: E731
     changed = torch.nonzero(p0 != pT).flatten()[:examples]
     ts = np.linspace(0.0, t_end, n_times)
     along = (model.decision(split.x[changed], ts.tolist()).argmax(-1).T if len(changed)
              else torch.zeros(0, n_times, dtype=torch.long))
-    return {"acc_z0": acc(p0), "acc_zT": acc(pT), "changed": float((p0 != pT).float().mean()),
-            "changed_right": float(((p0 != pT) & (pT == labels)).float().mean()),
-            "changed_wrong": float(((p0 != pT) & (p0 == labels)).float().mean()),
-            "rel_displacement": float(step.mean()), "n": len(labels),
+    return {"acc_z0": acc(p0), "acc_zT": acc(pT), "changed": share(p0 != pT),
+            "changed_right": share((p0 != pT) & (pT == labels)), "changed_wrong": share((p0 != pT) & (p0 == labels)),
+            "rel_displacement": float(step.mean()), "n": n,
             "acc_by_t": {"0": acc(p0), **{f"{t / t_end:g}T": acc(pt[i]) for i, t in enumerate(times)}},
             "examples": {"index": changed.tolist(), "label": labels[changed].tolist(), "ts": ts.tolist(),
                          "class_along_t": along.tolist()}}
