@@ -84,14 +84,14 @@ def dataset(name: str = "mnist", train: bool = False, n: Optional[int] = None, d
     ``(N,)``; the test split unless ``train``; ``n``: a fixed random subset. Files are read from ``data_dir``, else
     ``$ODENET_DATA_DIR``, else the per-user cache (downloaded there once)."""
     from .config import DATASETS, default_data_dir
-    from .data import load as load_on_device
+    from .data import load_split
     from .device import resolve_device
 
     if name not in DATASETS:
         raise OdenetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
         raise OdenetError(f"n must be a positive integer (a subset size) or None, got {n!r}")
-    split = load_on_device(name, data_dir or default_data_dir(), train, resolve_device(device), n)
+    split = load_split(name, data_dir or default_data_dir(), train, resolve_device(device), n)
     return split.x, split.y
 
 

@@ -9,7 +9,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 import torch
 
 from .config import Config
-from .data import Split, load as load_test_split
+from .data import Split, load_split
 from .device import resolve_device
 from .errors import OdenetError
 from .files import atomic_write_bytes
@@ -134,7 +134,7 @@ class Opened(NamedTuple):
         cfg = self.cfg
         n = cfg.test_subset if subset == "run" else subset
         device = next(self.model.parameters()).device
-        return load_test_split(cfg.dataset, cfg.resolved_data_dir(data_dir), False, device, n, cfg.verify_data)
+        return load_split(cfg.dataset, cfg.resolved_data_dir(data_dir), False, device, n, cfg.verify_data)
 
 
 def open_model(ref: Optional[Union[str, Path]] = None, device: Union[str, torch.device] = "cpu", *,

@@ -268,7 +268,7 @@ def subset_indices(n: int, k: Optional[int]) -> Optional[torch.Tensor]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(1234))[:k]
 
 
-def load(dataset: str, root: str, train: bool, device: torch.device, subset: Optional[int] = None,
+def load_split(dataset: str, root: str, train: bool, device: torch.device, subset: Optional[int] = None,
          verify: bool = True) -> Split:
     """Load one split onto ``device`` (normalized), optionally a fixed random subset of it."""
     images, labels = read_split(dataset, root, train, verify=verify)

@@ -24,7 +24,7 @@ import yaml
 
 from . import checkpoint, distributed
 from .config import Config, check_names, load_config_file
-from .data import Shard, background_value, carve_validation, class_names, load, random_affine
+from .data import Shard, background_value, carve_validation, class_names, load_split, random_affine
 from .device import resolve_device
 from .errors import DivergenceError, Interrupted, OdenetError, SolverError
 from .evaluate import run_eval
@@ -316,9 +316,11 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
 
 def _record_flow(st: _State, test_set, run: Path) -> None:
     """At the end of training, what the flow contributes to the evaluated model (``flow.contribution``) joins the
-    last epoch's record in metrics.jsonl as ``flow``: accuracy on z(0) and z(T), answers changed, displacement."""
+    last epoch's record as ``flow`` (accuracy on z(0) and z(T), answers changed, displacement), in metrics.jsonl
+    and in last.pt's history, so that a later ``--resume`` keeps it."""
     c = contribution(st.eval_model, test_set, st.cfg.eval_batch_size)
     st.history[-1]["flow"] = {k: v for k, v in c.items() if k != "examples"}
+    checkpoint.save(run / "checkpoints" / "last.pt", st.state_dict())
     _write_metrics(run, st.history)
 
 
@@ -333,8 +335,8 @@ def _check(cfg: Config, ctx: distributed.Context, log: Callable[[str], None]) ->
 
 def _load_splits(cfg: Config, device: torch.device):
     """The training split (less the validation images), the validation split (or None) and the test split."""
-    train_set = load(cfg.dataset, cfg.data_dir, True, device, cfg.train_subset, cfg.verify_data)
-    test_set = load(cfg.dataset, cfg.data_dir, False, device, cfg.test_subset, cfg.verify_data)
+    train_set = load_split(cfg.dataset, cfg.data_dir, True, device, cfg.train_subset, cfg.verify_data)
+    test_set = load_split(cfg.dataset, cfg.data_dir, False, device, cfg.test_subset, cfg.verify_data)
     train_set, val_set = carve_validation(train_set, cfg.val_size, cfg.seed)
     return train_set, val_set, test_set
 

@@ -194,10 +194,10 @@ def ode_net() -> nn.Module:
 
 @needs_data
 def test_the_ode_net_built_from_odeblock_trains_on_digits():
-    from odenet.data import load
+    from odenet.data import load_split
 
     torch.manual_seed(0)
-    train = load("mnist", str(real_data_dir()), True, torch.device("cpu"), subset=1024)
+    train = load_split("mnist", str(real_data_dir()), True, torch.device("cpu"), subset=1024)
     net = ode_net()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)

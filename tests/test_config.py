@@ -10,7 +10,7 @@ import torch
 
 from conftest import make_dataset, needs_data, needs_fashion, real_data_dir, synthetic_digits, write_idx
 from odenet.config import Config, load_config_file
-from odenet.data import load, read_split, read_idx
+from odenet.data import load_split, read_split, read_idx
 from odenet.errors import OdenetError
 
 

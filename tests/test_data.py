@@ -10,7 +10,7 @@ import torch
 
 from conftest import make_dataset, needs_data, needs_fashion, real_data_dir, synthetic_digits, write_idx
 from odenet.config import Config, load_config_file
-from odenet.data import load, read_split, read_idx
+from odenet.data import load_split, read_split, read_idx
 from odenet.errors import OdenetError
 
 
@@ -19,7 +19,7 @@ def test_loader_reads_self_written_idx(tmp_path):
     x, y = read_split("mnist", str(root), True, verify=False)
     ex, ey = synthetic_digits(50, 0)
     assert np.array_equal(x, ex) and np.array_equal(y, ey)
-    split = load("mnist", str(root), False, torch.device("cpu"), verify=False)
+    split = load_split("mnist", str(root), False, torch.device("cpu"), verify=False)
     assert split.x.shape == (20, 1, 28, 28) and split.x.dtype == torch.float32 and split.y.dtype == torch.int64
     batches = list(split.batches(8, torch.Generator().manual_seed(0)))
     assert [len(b[1]) for b in batches] == [8, 8, 4]
@@ -111,7 +111,7 @@ def test_read_only_folder_is_not_written(tmp_path, monkeypatch):
         p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     try:
         for train in (True, False):
-            load("mnist", str(root), train, torch.device("cpu"), verify=False)
+            load_split("mnist", str(root), train, torch.device("cpu"), verify=False)
     finally:
         monkeypatch.undo()
         for p in root.rglob("*"):

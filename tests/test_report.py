@@ -9,7 +9,7 @@ import torch
 from odenet import figures, report
 from odenet.checkpoint import load_model
 from odenet.cli import main
-from odenet.data import load
+from odenet.data import load_split
 from odenet.train import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -43,7 +43,7 @@ def test_history_hook_draws_after_each_epoch(tiny_run):
 def test_figure_data_is_consistent(tiny_run, tmp_path):
     run, cfg = tiny_run
     model, cfg, _ = load_model(str(run))
-    split = load("mnist", cfg.data_dir, False, torch.device("cpu"), verify=False)
+    split = load_split("mnist", cfg.data_dir, False, torch.device("cpu"), verify=False)
     data = report.collect(model, split, "mnist", n_times=21, per_class=5)
     # trajectories start at the encoder output and end at the ODE output the classifier sees
     with torch.no_grad():

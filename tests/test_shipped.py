@@ -158,7 +158,7 @@ def test_evaluate_of_shipped_model_agrees_with_a_direct_pass(synth_dir, capsys):
     import torch.nn.functional as F
 
     model, cfg, _ = load_model(str(SHIPPED))
-    from odenet.data import load as load_data
+    from odenet.data import load_split as load_data
 
     split = load_data("mnist", str(synth_dir), False, torch.device("cpu"), verify=False)
     ev = run_eval(model, split, 64)

@@ -71,7 +71,7 @@ def test_resume_reaches_identical_final_metrics(tiny_config):
     assert len(a) == len(b) == 2
     for k in ("train_loss", "test_loss", "test_acc", "nfe_forward", "nfe_backward", "flow"):
         assert a[-1][k] == b[-1][k], k
-    assert "flow" not in b[0]  # the record of the epoch the run was resumed after is the checkpoint's
+    assert "flow" in b[0] and "flow" not in a[0]  # the part run's end was recorded, and resuming keeps it
     ma, _, _ = checkpoint.load_model(str(Path(full.out) / "full" / "checkpoints" / "last.pt"))
     mb, _, _ = checkpoint.load_model(str(run / "checkpoints" / "last.pt"))
     for p, q in zip(ma.parameters(), mb.parameters()):
@@ -267,9 +267,9 @@ def test_torchdiffeq_only_solver_trains_with_a_note(tiny_config):
 
 
 def test_validation_split_chooses_best_and_is_never_trained_on(tiny_config):
-    from odenet.data import carve_validation, load
+    from odenet.data import carve_validation, load_split
 
-    split = load("mnist", tiny_config.data_dir, True, torch.device("cpu"), verify=False)
+    split = load_split("mnist", tiny_config.data_dir, True, torch.device("cpu"), verify=False)
     tr, val = carve_validation(split, 64, seed=3)
     tr2, val2 = carve_validation(split, 64, seed=3)
     assert len(val) == 64 and len(tr) == len(split) - 64
@@ -324,7 +324,7 @@ def test_aug_off_epochs_trains_the_last_epochs_on_plain_images(tiny_config, monk
     monkeypatch.setattr(train_module, "random_affine", spy)
     cfg = _fast(tiny_config, name="off", epochs=3, aug_rotate=10, aug_elastic=1.0, aug_off_epochs=2)
     train(cfg, Path(cfg.out) / "off", progress=False, log=lambda m: None)
-    n_train = len(train_module.load(cfg.dataset, cfg.resolved_data_dir(), True, torch.device("cpu"),
+    n_train = len(train_module.load_split(cfg.dataset, cfg.resolved_data_dir(), True, torch.device("cpu"),
                                     cfg.train_subset, False))
     assert sum(seen) == n_train  # every image of epoch 1 augmented, none of epochs 2 and 3
     with pytest.raises(OdenetError, match="aug-off-epochs must be an integer"):
@@ -333,7 +333,7 @@ def test_aug_off_epochs_trains_the_last_epochs_on_plain_images(tiny_config, monk
 
 def test_kinetic_regularization_slows_the_flow(tiny_config):
     """With a kinetic-energy weight the learned dynamics move the states less: integral |f|^2 dt shrinks."""
-    from odenet.data import load
+    from odenet.data import load_split
     from odenet.report import collect, flow_stats
 
     energies = {}
@@ -341,7 +341,7 @@ def test_kinetic_regularization_slows_the_flow(tiny_config):
         cfg = _fast(tiny_config, name=name, epochs=2, kinetic=w)
         train(cfg, Path(cfg.out) / name, progress=False, log=lambda m: None)
         model, _, _ = checkpoint.load_model(str(Path(cfg.out) / name / "checkpoints" / "last.pt"))
-        split = load(cfg.dataset, cfg.resolved_data_dir(), False, torch.device("cpu"), None, False)
+        split = load_split(cfg.dataset, cfg.resolved_data_dir(), False, torch.device("cpu"), None, False)
         energies[name] = flow_stats(collect(model, split, cfg.dataset))["kinetic"]
     assert energies["kinetic"] < 0.5 * energies["plain"], energies
 

@@ -36,9 +36,9 @@ def _batch(batch: int, data_dir: Optional[str], device: torch.device):
     """``batch`` MNIST test images and labels, or random ones where the data is missing (the same code paths)."""
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     try:
-        from ..data import load
+        from ..data import load_split
 
-        split = load("mnist", data_dir or default_data_dir(), False, torch.device("cpu"), batch, verify=False)
+        split = load_split("mnist", data_dir or default_data_dir(), False, torch.device("cpu"), batch, verify=False)
         x, y = split.x, split.y
     except OdenetError:
         pass

@@ -51,10 +51,10 @@ def _stability(model, test, cfg: Config, n: int = 1000) -> Dict[str, float]:
 def bench_solvers(base: Config, solvers: Sequence[str], rtols: Sequence[float], steps: Sequence[float],
                   fixed_for_sweep: Sequence[str] = FIXED_METHODS) -> Dict:
     """Train the same model from the same seed per setting; measure accuracy, time, NFE and stability."""
-    from ..data import load
+    from ..data import load_split
 
     dev = device(base.device)
-    test = load(base.dataset, base.resolved_data_dir(), False, dev, base.test_subset, base.verify_data)
+    test = load_split(base.dataset, base.resolved_data_dir(), False, dev, base.test_subset, base.verify_data)
     settings = [("solvers", dict(solver=s)) for s in solvers]
     settings += [("dopri5 tolerance sweep", dict(solver="dopri5", rtol=r, atol=r / 10)) for r in rtols]
     settings += [("fixed-step sweep", dict(solver=s, step_size=h)) for s in fixed_for_sweep for h in steps]

@@ -16,11 +16,11 @@ from .common import sync, write_study
 
 def _odenet_stepper(device, data_dir, seed, verify=True, **solver):
     """A training-step closure over odenet's own path (data on the device, index batches)."""
-    from ..data import load
+    from ..data import load_split
     from ..model import NeuralODEModel
     from ..train import make_optimizer, train_step
 
-    split = load("mnist", data_dir, True, device, verify=verify)
+    split = load_split("mnist", data_dir, True, device, verify=verify)
     torch.manual_seed(seed)
     model = NeuralODEModel(**solver).to(device)
     opt = make_optimizer(model, 1e-3)
@@ -125,7 +125,7 @@ def _full_epochs(steppers: Dict, device: torch.device) -> Dict[str, float]:
 def bench_speed(data_dir: str, device: torch.device, batches: int = 60, warmup: int = 5, rounds: int = 3,
                 seed: int = 0, full_epoch: bool = False) -> Dict:
     """ms per training batch of each variant, interleaved in rounds on the same machine; plus inference."""
-    from ..data import load
+    from ..data import load_split
     from ..evaluate import run_eval
 
     variants = {
@@ -156,7 +156,7 @@ def bench_speed(data_dir: str, device: torch.device, batches: int = 60, warmup: 
         r["speed-up"] = base["ms/batch (median)"] / r["ms/batch (median)"]
         if full_epoch:
             r["epoch speed-up"] = base["s/epoch"] / r["s/epoch"]
-    test = load("mnist", data_dir, False, device)
+    test = load_split("mnist", data_dir, False, device)
     inf_rows = []
     model = steppers["odenet native (default)"][1]
     for backend in ("torchdiffeq", "native"):

@@ -67,9 +67,9 @@ def integrate(func: Callable, y0: State, t: Times, solver: Solver = Solver(), *,
         core_f, core_ts = _ReversedFunc(f), [-x for x in ts]
         if isinstance(how, Adjoint) and how.vjp is not None:
             how.vjp = _reversed_vjp(how.vjp)
-    y_start = _StartTime.apply(y0, tt[0], f) if t_grad else y0
+    y_start = _TimeGradient.apply(y0.unsqueeze(0), tt[:1], f, -1.0)[0] if t_grad else y0
     ys, e = how.solve(Problem(core_f, core_ts, solver.tableau, solver.controller, tt.dtype, energy, stats), y_start)
-    return Solution(_OutputTimes.apply(ys, tt, f) if t_grad else ys, e, stats)
+    return Solution(_TimeGradient.apply(ys, tt, f, 1.0) if t_grad else ys, e, stats)
 
 
 def _strategy(func: Callable, spec: AdjointSpec, y0: torch.Tensor, t_grad: bool, energy: bool):
@@ -174,35 +174,18 @@ class _ReversedFunc:
         return -self.func(-s, y)
 
 
-class _StartTime(torch.autograd.Function):
-    """Identity on ``y0`` whose backward adds ``dL/dt0 = -<a(t0), f(t0, y0)>`` (``a``: the adjoint at ``t0``)."""
+class _TimeGradient(torch.autograd.Function):
+    """Identity on states ``ys (T, *S)`` at times ``t (T,)`` whose backward gives ``dL/dt_i = sign <dL/dy_i,
+    f(t_i, y_i)>``.
 
-    @staticmethod
-    def forward(ctx, y0, t0, func):  # type: ignore[override]
-        ctx.func = func
-        ctx.save_for_backward(y0, t0)
-        return y0.clone()
-
-    @staticmethod
-    @once_differentiable  # second derivatives through the solve are not computed: torch refuses them in one line
-    def backward(ctx, g):  # type: ignore[override]
-        y0, t0 = ctx.saved_tensors
-        with torch.no_grad():
-            f0 = ctx.func(t0.to(y0.real.dtype if y0.is_complex() else y0.dtype), y0)
-            gt0 = -(g.conj() * f0).real.sum() if g.is_complex() else -(g * f0).sum()
-        return g, gt0.to(t0.dtype).reshape(t0.shape), None
-
-
-class _OutputTimes(torch.autograd.Function):
-    """Identity on the solution whose backward gives ``dL/dt_i = <dL/dy_i, f(t_i, y_i)>``.
-
-    With ``_StartTime`` this is the gradient of the exact ODE solution with respect to every time in ``t``
-    (the ``i = 0`` term cancels the part of ``_StartTime``'s that belongs to the output ``y(t_0) = y0``).
+    On the outputs (``sign`` +1) and, with ``sign`` -1, on the start ``y0`` (where ``dL/dy0`` is the adjoint
+    ``a(t_0)``), this is the gradient of the exact ODE solution with respect to every time in ``t``: the start's
+    term cancels the part of the first output's that belongs to ``y(t_0) = y0``.
     """
 
     @staticmethod
-    def forward(ctx, ys, t, func):  # type: ignore[override]
-        ctx.func = func
+    def forward(ctx, ys, t, func, sign):  # type: ignore[override]
+        ctx.func, ctx.sign = func, sign
         ctx.save_for_backward(ys, t)
         return ys.clone()
 
@@ -216,7 +199,7 @@ class _OutputTimes(torch.autograd.Function):
             for i in range(len(t)):
                 fi = ctx.func(t[i].to(real), ys[i])
                 gt.append((g[i].conj() * fi).real.sum() if g.is_complex() else (g[i] * fi).sum())
-        return g, torch.stack(gt).to(t.dtype), None
+        return g, (ctx.sign * torch.stack(gt)).to(t.dtype), None, None
 
 
 def _reversed_vjp(vjp: Callable) -> Callable:
