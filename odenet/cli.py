@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .config import Config, count, load_config_file
-from .ode.tableaus import FIXED_METHODS
+from .ode.tableaus import FIXED_METHODS, NATIVE_METHODS
 from .errors import OdenetError
 
 def _train_flags():
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "config; default: onnx)")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write (never overwritten)")
     p.add_argument("--model", metavar="RUN_DIR|CHECKPOINT", help=model_help)
-    p.add_argument("--solver", choices=FIXED_METHODS, default=None,
+    p.add_argument("--solver", choices=NATIVE_METHODS, default=None, metavar="{" + ",".join(FIXED_METHODS) + "}",
                    help="fixed-step method of the unrolled ODE (default: the coarsest grid that keeps the model's "
                         "answers on 99.9%% of the test set, measured as odenet bench invariance does)")
     p.add_argument("--steps", type=count(1, 1000), default=None, help="steps of the grid over [0, T]")
@@ -277,6 +277,13 @@ def cmd_export(args) -> int:
         return 0
     m = open_model(args.model, args.device, test=True, data_dir=args.data_dir, test_subset=args.test_subset)
     method, steps = args.solver, args.steps
+    if method is not None and method not in FIXED_METHODS:  # say which fixed grid keeps this model's answers
+        best = invariance.sweep(m.model, m.test, adaptive=()).coarsest
+        pick = (f"the coarsest that keeps this model's answers on {invariance.AGREEMENT:.1%} of the test set is "
+                f"--solver {best.solver} --steps {best.steps}" if best is not None else
+                "no fixed grid up to 16 steps keeps this model's answers: give --solver rk4 --steps N with N > 16")
+        raise OdenetError(f"{method} is adaptive: its steps depend on the input, so it has no static graph; export a "
+                          f"fixed grid: {pick}")
     if steps is None:
         sweep = invariance.sweep(m.model, m.test, fixed=(method,) if method else invariance.FIXED, adaptive=())
         best = sweep.coarsest

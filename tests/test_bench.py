@@ -1,7 +1,10 @@
 """The benchmark code paths on tiny sizes: every solver present, sane numbers."""
 import json
+import math
+import statistics
 
 import pytest
+import torch
 
 from conftest import needs_data, real_data_dir
 from odenet.cli import main
@@ -79,3 +82,41 @@ def test_bench_speed_tiny(tmp_path, capsys):
     assert max(plain_bwd) - min(plain_bwd) <= 6 and by["odenet native + seminorm"]["NFE bwd"] < min(plain_bwd)
     assert [r["backend"] for r in inference] == ["torchdiffeq", "native"]
     assert inference[0]["NFE per batch"] == inference[1]["NFE per batch"] >= 8
+
+
+def test_table1_variants_shapes_and_parameter_counts():
+    from odenet.bench import table1
+
+    f = 64 * 128 + 128 + 2 * (128 * 128 + 128) + 128 * 64 + 64  # the seed's ODE function: 49,600
+    seed = 268_298  # the seed's whole model (SPEC.md's print)
+    expected = {"mlp": 784 * 300 + 300 + 300 * 10 + 10, "identity": seed - f, "resblock": seed,
+                "resnet": seed - f + 3 * f, "rknet": seed, "odenet": seed, "odenet-kinetic": seed}
+    x = torch.randn(5, 1, 28, 28)
+    for name in table1.VARIANTS:
+        net = table1.variant(name, blocks=3)
+        assert sum(p.numel() for p in net.parameters()) == expected[name], name
+        assert net(x).shape == (5, 10), name
+    block = table1.Residual()
+    z = torch.randn(4, 64)
+    torch.testing.assert_close(block(z), z + block.f(z))
+
+
+def test_table1_rows_measure_what_they_say(synth_dir):
+    """On the synthetic digits: the adjoint saves less for backward than backprop through rk4, only the ODE rows
+    count evaluations, and the summary's mean and sd are those of the runs."""
+    from odenet.bench import table1
+    from odenet.data import load_split
+
+    train = load_split("mnist", str(synth_dir), True, torch.device("cpu"), 128, verify=False)
+    test = load_split("mnist", str(synth_dir), False, torch.device("cpu"), None, verify=False)
+    rows = [table1.train_variant(v, s, train, test, epochs=1, blocks=2) for v in ("identity", "rknet", "odenet")
+            for s in (0, 1)]
+    by = {(r["variant"], r["seed"]): r for r in rows}
+    assert by[("rknet", 0)]["saved_MB"] > by[("odenet", 0)]["saved_MB"]
+    assert by[("rknet", 0)]["nfe"] == 16 and by[("odenet", 0)]["nfe"] >= 8 and math.isnan(by[("identity", 0)]["nfe"])
+    for r in rows:
+        assert r["test_error"] * len(test) == pytest.approx(round(r["test_error"] * len(test)))  # a count of 120
+    summary = {s["variant"]: s for s in table1.summarize(rows)}
+    errs = [100 * by[("odenet", s)]["test_error"] for s in (0, 1)]
+    assert summary["odenet"]["test error %"] == pytest.approx(sum(errs) / 2) and summary["odenet"]["seeds"] == 2
+    assert summary["odenet"]["± sd"] == pytest.approx(statistics.stdev(errs))

@@ -4,6 +4,7 @@ torch.hub entry point gives the shipped model, and every refusal is one line."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,7 @@ def test_export_cli_refusals_are_one_line_and_write_nothing(tmp_path, capsys):
         assert main(["export"] + args) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("odenet: error: ") and message in err, err
-    for args in (["--solver", "dopri5"], ["--format", "tflite"], ["--steps", "0", "--solver", "rk4"]):
+    for args in (["--solver", "tsit5"], ["--format", "tflite"], ["--steps", "0", "--solver", "rk4"]):
         with pytest.raises(SystemExit) as stop:
             main(["export", "--out", str(tmp_path / "a.onnx")] + args)
         err = capsys.readouterr().err
@@ -147,6 +148,12 @@ def test_odenet_export_of_the_shipped_model_runs_in_onnxruntime(tmp_path, capsys
 
     graph = onnx.load(str(out)).graph
     assert graph.input[0].name == "images" and graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert main(["export", "--out", str(tmp_path / "a.onnx"), "--solver", "dopri5", "--test-subset", "500",
+                 "--data-dir", str(real_data_dir())]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dopri5 is adaptive" in err
+    assert re.search(r"keeps this model's answers on 99.9% of the test set is --solver (euler|midpoint|rk4) --steps", err)
+    assert not (tmp_path / "a.onnx").exists()
 
 
 def test_hub_entry_point_returns_the_shipped_model():
