@@ -25,8 +25,8 @@ ImageLike = Union[str, Path, np.ndarray, torch.Tensor, Any]  # Any: a PIL image
 
 def load(source: Optional[Union[str, Path]] = None, device: str = "cpu") -> NeuralODEModel:
     """A trained model in eval mode: the one shipped with odenet (``source`` None), a run folder (its ``best.pt``
-    when chosen on a validation split, else ``last.pt``) or a checkpoint file. ``model.dataset`` and
-    ``model.classes`` name what it was trained on."""
+    when chosen on a validation split, else ``last.pt``) or a checkpoint file (``.pt``, or ``.safetensors`` from
+    ``odenet export``). ``model.dataset`` and ``model.classes`` name what it was trained on."""
     from .checkpoint import open_model
     from .data import class_names
 
