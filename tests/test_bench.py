@@ -120,3 +120,25 @@ def test_table1_rows_measure_what_they_say(synth_dir):
     errs = [100 * by[("odenet", s)]["test_error"] for s in (0, 1)]
     assert summary["odenet"]["test error %"] == pytest.approx(sum(errs) / 2) and summary["odenet"]["seeds"] == 2
     assert summary["odenet"]["± sd"] == pytest.approx(statistics.stdev(errs))
+
+
+def test_roofline_counts_flops_as_the_formulas_say(tmp_path, capsys):
+    from odenet.bench.roofline import FlopCount, matmul_rate, step_flops
+    from odenet.model import NeuralODEModel
+    from odenet.train import make_optimizer
+
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    with FlopCount() as c:
+        torch.mm(a, b)
+        torch.addmm(torch.zeros(8, 4), a, b)
+    assert c.total == 2 * (2 * 8 * 16 * 4)
+    model = NeuralODEModel(method="rk4", step_size=0.5)
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    fl = step_flops(model, make_optimizer(model, 0.0), x, y)
+    f_mlp = 2 * 4 * (64 * 128 + 128 * 128 * 2 + 128 * 64)  # one evaluation of f on 4 states
+    assert model.stats.nfe_forward == 8 and fl["forward"] > 8 * f_mlp and fl["backward"] > fl["forward"]
+    assert matmul_rate(torch.device("cpu"), torch.float32, n=64, reps=2) > 0
+    assert main(["bench", "roofline", "--steps", "2", "--batch", "8", "--out", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    step = out["tables"]["FLOPs, time and rate"][0]
+    assert step["GFLOP/s"] == pytest.approx(step["GFLOP"] / step["ms"] * 1e3)

@@ -24,7 +24,7 @@ LAYERS = [
                         "export"]),
     ("jobs", ["train", "report", "demo"]),
     ("benchmarks", ["bench.common", "bench.plain_torchdiffeq", "bench.speed", "bench.gradients", "bench.solvers",
-                    "bench.invariance", "bench.table1", "bench"]),
+                    "bench.invariance", "bench.table1", "bench.roofline", "bench"]),
     ("faces", ["api", "cli", "__main__", ""]),
 ]
 

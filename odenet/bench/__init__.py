@@ -1,7 +1,7 @@
-"""Benchmarks: ``odenet bench speed | solvers | gradients | invariance | table1``. Each prints a markdown table and writes
+"""Benchmarks: ``odenet bench speed | solvers | gradients | invariance | table1 | roofline``. Each prints a markdown table and writes
 ``<out>/<study>.md``, ``<study>.json`` and ``<study>.png``. Benchmarks measure; tests only exercise them.
 
-One module per study (``speed``, ``solvers``, ``gradients``, ``invariance``, ``table1``), each with its ``add_args`` and ``run``; ``common``
+One module per study (``speed``, ``solvers``, ``gradients``, ``invariance``, ``table1``, ``roofline``), each with its ``add_args`` and ``run``; ``common``
 holds what they share.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import count, default_data_dir
 from ..errors import OdenetError
-from . import gradients, invariance, solvers, speed, table1
+from . import gradients, invariance, roofline, solvers, speed, table1
 from .common import device, machine
 
 STUDIES = {
@@ -22,11 +22,12 @@ STUDIES = {
     "gradients": (gradients, "adjoint vs direct backprop: error, memory, time"),
     "invariance": (invariance, "a trained model's answers under other solvers (which fixed grid to export)"),
     "table1": (table1, "Chen et al.'s Table 1 on the seed's architecture: what the ODE block contributes"),
+    "roofline": (roofline, "the training step's FLOPs and rate against the machine's matrix-product rate"),
 }
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks: speed, solvers, gradients, invariance, table1")
+    p = sub.add_parser("bench", help="benchmarks: speed, solvers, gradients, invariance, table1, roofline")
     bs = p.add_subparsers(dest="study", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", default="bench", help="folder for the tables and plots (default: bench)")
