@@ -13,6 +13,7 @@ from .config import Config, count, load_config_file
 from .ode.tableaus import FIXED_METHODS, NATIVE_METHODS
 from .errors import OdenetError
 
+
 def _train_flags():
     """``--key value`` flags and ``--x``/``--no-x`` switches of every ``Config`` setting, help from its metadata."""
     types = {"int": int, "float": float, "str": str, "Optional[int]": int, "Optional[str]": str}
@@ -28,7 +29,6 @@ def _train_flags():
 
 
 TRAIN_FLAGS, TRAIN_SWITCHES = _train_flags()
-
 
 
 def _add_train(sub) -> None:

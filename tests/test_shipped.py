@@ -172,3 +172,13 @@ def test_evaluate_of_shipped_model_agrees_with_a_direct_pass(synth_dir, capsys):
         mask = split.y == c
         assert ev["per_class_acc"][c] == pytest.approx((pred[mask] == c).float().mean().item())
     assert ev["nfe"] >= 8 and ev["n"] == 120
+
+
+def test_the_tool_that_ships_the_model_imports_what_it_uses():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "tools" / "ship_model.py"), "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "--ood-only" in done.stdout, done.stderr[-500:]

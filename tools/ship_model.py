@@ -7,7 +7,8 @@
 import argparse
 from pathlib import Path
 
-from odenet.checkpoint import SHIPPED, add_ood, export
+from odenet.checkpoint import SHIPPED
+from odenet.shipped import add_ood, export
 
 p = argparse.ArgumentParser()
 p.add_argument("run", nargs="?")

@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+
 def machine(device: torch.device) -> str:
     """The hardware a number was measured on, in words."""
     if device.type == "cuda":

@@ -15,6 +15,7 @@ from ..config import default_data_dir
 from ..errors import OdenetError
 from .common import sync, write_study
 
+
 def _saved_bytes(fn: Callable[[], torch.Tensor]):
     """Run ``fn`` and return (result, bytes of tensors autograd saved for the backward pass)."""
     total = [0]

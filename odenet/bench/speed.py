@@ -14,6 +14,7 @@ import torch
 from ..config import count
 from .common import sync, write_study
 
+
 def _odenet_stepper(device, data_dir, seed, verify=True, **solver):
     """A training-step closure over odenet's own path (data on the device, index batches)."""
     from ..data import load_split

@@ -98,6 +98,4 @@ def _solver(method, rtol, atol, options, spec: AdjointSpec, backend: str, event_
     return dataclasses.replace(solver, controller=controller)
 
 
-
-
 __all__ = ["odeint", "odeint_adjoint"]

@@ -26,7 +26,6 @@ from .settings import StepController
 from .tableaus import Tableau
 
 
-
 class _Coeffs:
     """The tableau's rows as tensors on one device/dtype, built once and reused."""
 
@@ -133,8 +132,6 @@ def interp_eval(coeffs: List[torch.Tensor], x: float) -> torch.Tensor:
         xp = xp * x
         total = total + xp * c
     return total
-
-
 
 
 @dataclass

@@ -21,6 +21,8 @@ from .tableaus import TABLEAUS, Tableau
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
 SAFETY, IFACTOR, DFACTOR = 0.9, 10.0, 0.2  # torchdiffeq's controller constants
+
+
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     """Root-mean-square of the moduli over all elements (torchdiffeq's default norm)."""
     return (x.abs() if x.is_complex() else x).pow(2).mean().sqrt()
