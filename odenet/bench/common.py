@@ -26,6 +26,23 @@ def machine(device: torch.device) -> str:
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
 
 
+def saved_bytes(fn: Callable[[], torch.Tensor]):
+    """Run ``fn`` and return (result, bytes of tensors autograd saved for the backward pass)."""
+    total = [0]
+    seen = set()
+
+    def pack(t):
+        key = (t.untyped_storage().data_ptr(), t.dtype)
+        if key not in seen:
+            seen.add(key)
+            total[0] += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total[0]
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -13,24 +13,7 @@ import torch.nn.functional as F
 from ..config import count
 from ..config import default_data_dir
 from ..errors import OdenetError
-from .common import sync, write_study
-
-
-def _saved_bytes(fn: Callable[[], torch.Tensor]):
-    """Run ``fn`` and return (result, bytes of tensors autograd saved for the backward pass)."""
-    total = [0]
-    seen = set()
-
-    def pack(t):
-        key = (t.untyped_storage().data_ptr(), t.dtype)
-        if key not in seen:
-            seen.add(key)
-            total[0] += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, total[0]
+from .common import saved_bytes, sync, write_study
 
 
 def _batch(batch: int, data_dir: Optional[str], device: torch.device):
@@ -58,7 +41,7 @@ def bench_gradients(device: torch.device, t_ends: Sequence[float] = (1, 2, 4, 8)
 
     def grads(model, xx):
         model.zero_grad(set_to_none=True)
-        loss, saved = _saved_bytes(lambda: F.cross_entropy(model(xx), y))
+        loss, saved = saved_bytes(lambda: F.cross_entropy(model(xx), y))
         steps_nfe = model.stats.nfe_forward
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

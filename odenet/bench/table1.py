@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import count
-from .common import write_study
+from .common import saved_bytes, write_study
 
 VARIANTS = ("mlp", "identity", "resblock", "resnet", "rknet", "odenet", "odenet-kinetic")
 KINETIC = 1e-4  # configs/best.yaml's weight
@@ -84,21 +84,6 @@ def _loss(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor) -> torc
     return F.cross_entropy(model(x), y)
 
 
-def _saved_bytes(fn) -> tuple:
-    total, seen = [0], set()
-
-    def pack(t):
-        key = (t.untyped_storage().data_ptr(), t.dtype)
-        if key not in seen:
-            seen.add(key)
-            total[0] += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, total[0]
-
-
 def train_variant(name: str, seed: int, train, test, epochs: int, blocks: int, batch: int = 64) -> Dict:
     """Train one variant with the seed's recipe; its row for this seed."""
     torch.manual_seed(seed)
@@ -118,7 +103,7 @@ def train_variant(name: str, seed: int, train, test, epochs: int, blocks: int, b
                 nfe.append(model.stats.nfe_forward)
         seconds.append(time.perf_counter() - start)
     x, y = next(iter(train.batches(batch, torch.Generator().manual_seed(0))))
-    _, saved = _saved_bytes(lambda: _loss(model, name, x, y))
+    _, saved = saved_bytes(lambda: _loss(model, name, x, y))
     model.eval()
     with torch.no_grad():
         correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in test.batches(1000))
