@@ -171,7 +171,7 @@ def write_report(run: Path, data_dir: Optional[str] = None, device: str = "auto"
     names = class_names(m.cfg.dataset)
     data = collect(m.model, m.test, m.cfg.dataset)
     res = make_figures(run, history, data, names, tsne_points)
-    sections = flow_section(run, m.model, m.test, m.cfg.dataset) + invariance_section(run, m.model, m.test)
+    sections = flow_section(run, m.model, m.test, data.images, names) + invariance_section(run, m.model, m.test)
     acc = float((data.probs.argmax(1) == data.labels).mean())
     seconds = time.perf_counter() - start
     page = render_html(run, m.cfg.to_dict(), history, str(m.model), m.path.name, m.state["epoch"], acc,
@@ -188,16 +188,13 @@ def _figure(path: Path, alt: str, caption: str) -> str:
             "</figcaption></figure>")
 
 
-def flow_section(run: Path, model: NeuralODEModel, test: Split, dataset: str) -> str:
+def flow_section(run: Path, model: NeuralODEModel, test: Split, images: np.ndarray, names: List[str]) -> str:
     """What the flow contributes (``flow.contribution``): the numbers, accuracy against the end time, and the
     digits whose answer the flow changed."""
     c = contribution(model, test)
     ex = c["examples"]
     idx = ex["index"]
-    names = class_names(dataset)
-    mean, std = STATS[dataset]
-    images = (test.x[idx, 0] * std + mean).clamp(0, 1).cpu().numpy() if idx else np.zeros((0, 28, 28))
-    path = figures.flow_changes(images, np.array(ex["label"], dtype=int), np.array(ex["ts"]),
+    path = figures.flow_changes(images[np.asarray(idx, dtype=int)], np.array(ex["label"], dtype=int), np.array(ex["ts"]),
                                 np.array(ex["class_along_t"], dtype=int).reshape(len(idx), len(ex["ts"])),
                                 figure_dir(run) / "flow_changes.png", names)
     rows = [("classifier on z(0), no flow", f"{c['acc_z0']:.4f}"), ("classifier on z(T)", f"{c['acc_zT']:.4f}"),

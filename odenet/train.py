@@ -309,19 +309,7 @@ def train(cfg: Config, run: Path, resume: bool = False, progress: bool = True,
         stop.restore()
         if writer is not None:
             writer.close()
-    if ctx.is_main and st.history:
-        _record_flow(st, test_set, run)
     return _summarize(run, st.history, ctx, val_set is not None)
-
-
-def _record_flow(st: _State, test_set, run: Path) -> None:
-    """At the end of training, what the flow contributes to the evaluated model (``flow.contribution``) joins the
-    last epoch's record as ``flow`` (accuracy on z(0) and z(T), answers changed, displacement), in metrics.jsonl
-    and in last.pt's history, so that a later ``--resume`` keeps it."""
-    c = contribution(st.eval_model, test_set, st.cfg.eval_batch_size)
-    st.history[-1]["flow"] = {k: v for k, v in c.items() if k != "examples"}
-    checkpoint.save(run / "checkpoints" / "last.pt", st.state_dict())
-    _write_metrics(run, st.history)
 
 
 def _check(cfg: Config, ctx: distributed.Context, log: Callable[[str], None]) -> None:
@@ -406,6 +394,9 @@ def _evaluate_epoch(st: _State, totals: _Totals, seconds: float, epoch: int, ran
         record.update(val_loss=ev["loss"], val_acc=ev["acc"])
     ev = run_eval(st.eval_model, test_set, st.cfg.eval_batch_size, n_classes)
     record.update(test_loss=ev["loss"], test_acc=ev["acc"], nfe_test=ev["nfe"], eval_seconds=ev["seconds"])
+    if epoch + 1 == st.cfg.epochs:  # what the flow contributes, recorded with the last epoch (last.pt keeps it)
+        c = contribution(st.eval_model, test_set, st.cfg.eval_batch_size)
+        record["flow"] = {k: v for k, v in c.items() if k != "examples"}
     return record
 
 

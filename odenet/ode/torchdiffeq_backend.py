@@ -51,7 +51,7 @@ def run(func: Callable, y0, t, solver: Solver, tol: Optional[tuple] = None, opti
     kw = dict(rtol=rtol, atol=atol, method=solver.method, options=options)
     if event_fn is not None:
         kw["event_fn"] = event_fn
-    counted = _Counted(func, stats if stats is not None else Stats())
+    counted = _Counted(func, stats) if stats is not None else func
     try:
         if spec.enabled:
             if spec.params is None and not isinstance(func, torch.nn.Module):
@@ -64,7 +64,8 @@ def run(func: Callable, y0, t, solver: Solver, tol: Optional[tuple] = None, opti
             out = torchdiffeq.odeint_adjoint(counted, y0, t, adjoint_params=params, **kw, **extra)
         else:
             out = torchdiffeq.odeint(counted, y0, t, **kw)
-        counted.backward = True
+        if stats is not None:
+            counted.backward = True
         return out
     except (AssertionError, ValueError, TypeError) as e:  # torchdiffeq signals bad input and underflow this way
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
