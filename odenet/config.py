@@ -20,8 +20,10 @@ MAX_CONFIG_BYTES = 100_000
 # upper bounds on what a setting may ask for, checked before anything is allocated
 _LIMITS = dict(ode_dim=4096, batch_size=60_000, eval_batch_size=60_000, max_steps=10_000_000, epochs=100_000,
                t_end=1_000.0, val_size=59_000)
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "constant", "linear")
 OPTIMIZERS = ("adam", "adamw")
+ARCHS = ("seed", "paper")
+MAX_PAPER_WIDTH = 512  # channels: a 512-channel paper f has 4.7 M parameters; more is refused before it is built
 
 
 def _s(default: Any, help: str, switches: Optional[Dict[bool, str]] = None) -> Any:
@@ -38,7 +40,7 @@ class Config:
     batch_size: int = _s(64, "batch size (under torchrun: the global batch, split over the processes)")
     epochs: int = _s(10, "epochs")
     lr: float = _s(1e-3, "Adam learning rate")
-    lr_schedule: str = _s("cosine", "cosine (per-epoch decay from --lr) or constant")
+    lr_schedule: str = _s("cosine", "cosine (per-epoch decay from --lr), constant, or linear (per-batch decay from --lr to 0 at the end of the last epoch)")
     # training recipe beyond the seed (all off by default; see docs/accuracy.md)
     optimizer: str = _s("adam", "adam or adamw")
     weight_decay: float = _s(0.0, "weight decay (decoupled with adamw)")
@@ -59,7 +61,9 @@ class Config:
     val_size: int = _s(0, "training images held out as a validation split that chooses best.pt; 0 trains on all of "
                           "them and evaluate/predict use the final model")
     t_end: float = _s(1.0, "final integration time T")
-    ode_dim: int = _s(64, "latent dimension")
+    arch: str = _s("seed", "architecture: seed (SPEC.md's model) or paper (Chen et al.'s conv ODE-Net: an ODE on a "
+                           "6x6 feature map of --ode-dim channels; docs/table1.md)")
+    ode_dim: int = _s(64, "latent dimension (arch paper: the feature map's channels)")
     solver: str = _s("dopri5", f"ODE solver: {', '.join(NATIVE_METHODS)}, or any torchdiffeq method")
     rtol: float = _s(1e-3, "relative tolerance (adaptive solvers)")
     atol: float = _s(1e-4, "absolute tolerance (adaptive solvers)")
@@ -98,7 +102,7 @@ class Config:
         return self
 
     def _check_texts(self) -> None:
-        for k in ("lr_schedule", "optimizer", "solver", "backend", "dataset", "device", "out"):
+        for k in ("lr_schedule", "optimizer", "arch", "solver", "backend", "dataset", "device", "out"):
             if not isinstance(getattr(self, k), str) or not getattr(self, k):
                 raise OdenetError(f"{k.replace('_', '-')} must be a non-empty string, got {show(getattr(self, k))}")
         for k in ("data_dir", "name"):
@@ -151,6 +155,11 @@ class Config:
             raise OdenetError(f"unknown optimizer {show(self.optimizer)}; choose one of {', '.join(OPTIMIZERS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise OdenetError(f"unknown lr-schedule {show(self.lr_schedule)}; choose one of {', '.join(LR_SCHEDULES)}")
+        if self.arch not in ARCHS:
+            raise OdenetError(f"unknown arch {show(self.arch)}; choose one of {', '.join(ARCHS)}")
+        if self.arch == "paper" and self.ode_dim > MAX_PAPER_WIDTH:
+            raise OdenetError(f"ode-dim is the paper architecture's channels: at most {MAX_PAPER_WIDTH}, got "
+                              f"{show(self.ode_dim)}")
         if self.dataset not in DATASETS:
             raise OdenetError(f"unknown dataset {show(self.dataset)}; choose one of {', '.join(DATASETS)}")
         if self.backend not in BACKENDS:

@@ -50,9 +50,9 @@ def decision_along_flow(model: NeuralODEModel, x: torch.Tensor, n_times: int = 4
     ts = np.linspace(0.0, t_end, n_times)
     with block.settings(t_end=t_end):
         z = block.trajectory(z0, ts.tolist(), **solver)[:, 0]
-    probs = torch.softmax(model.classifier(z), -1)
+    probs = torch.softmax(model.classify(z), -1)
     ms = (time.perf_counter() - start) * 1e3
-    return Flow(ts, z.cpu().numpy(), probs.cpu().numpy(), model.stats.nfe_forward, ms)
+    return Flow(ts, model.flat(z).cpu().numpy(), probs.cpu().numpy(), model.stats.nfe_forward, ms)
 
 
 @dataclass
@@ -89,7 +89,7 @@ def build_flow_map(model: NeuralODEModel, x: torch.Tensor, y: torch.Tensor, per_
     idx = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
     z0 = model.encode(x[torch.as_tensor(idx, device=x.device)])
     ts = np.linspace(0.0, model.odeblock.t_end, n_times).tolist()
-    traj = model.odeblock.trajectory(z0, ts).cpu().numpy()  # (T, M, D)
+    traj = model.flat(model.odeblock.trajectory(z0, ts)).cpu().numpy()  # (T, M, D)
     T, M, D = traj.shape
     pca = PCA(n_components=2).fit(traj.reshape(T * M, D))
     paths = pca.transform(traj.reshape(T * M, D)).reshape(T, M, 2)
@@ -128,11 +128,12 @@ def contribution(model: NeuralODEModel, split, batch_size: int = 1000, examples:
     for x, _ in split.batches(batch_size):
         z0 = model.encode(x)
         zT = block(z0)
-        zs = block.trajectory(z0, times)  # (4, B, D): dense output of one solve over [0, 2T]
+        zs = block.trajectory(z0, times)  # (4, B, *state): dense output of one solve over [0, 2T]
         pred0.append(model.classifier(z0).argmax(1))
         predT.append(model.classifier(zT).argmax(1))
-        moved.append((zT - z0).norm(dim=1) / z0.norm(dim=1).clamp_min(1e-12))
-        by_t.append(model.classifier(zs).argmax(-1))
+        z0f = model.flat(z0)
+        moved.append((model.flat(zT) - z0f).norm(dim=1) / z0f.norm(dim=1).clamp_min(1e-12))
+        by_t.append(model.classify(zs).argmax(-1))
     p0, pT, step = torch.cat(pred0), torch.cat(predT), torch.cat(moved)
     pt = torch.cat(by_t, 1)
     n = len(labels)

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _hooks
 
-from .config import Config
+from . import paper
+from .config import ARCHS, MAX_PAPER_WIDTH, Config
 from .errors import OdenetError
 from .ode import Solver, Stats, integrate
 
@@ -300,32 +301,46 @@ class NeuralODEModel(nn.Module):
     dataset: Optional[str] = None  # what a loaded model was trained on (``odenet.load`` sets it) ...
     classes: Optional[List[str]] = None  # ... and its class names
 
-    def __init__(self, dim: int = 64, num_classes: int = 10, *, t_end: float = 1.0, solver: Optional[Solver] = None,
-                 **settings):
-        """``solver`` (None: the seed's), changed by flat ``settings`` such as ``method="rk4", step_size=0.25``."""
+    def __init__(self, dim: int = 64, num_classes: int = 10, *, arch: str = "seed", t_end: float = 1.0,
+                 solver: Optional[Solver] = None, **settings):
+        """``arch``: ``"seed"`` (SPEC.md's model; ``dim`` is the latent dimension) or ``"paper"`` (Chen et al.'s conv
+        ODE-Net, ``odenet.paper``; ``dim`` is its feature map's channels). ``solver`` (None: the seed's), changed by
+        flat ``settings`` such as ``method="rk4", step_size=0.25``."""
         super().__init__()
         dim, num_classes = _positive_int(dim, "dim"), _positive_int(num_classes, "num_classes")
-        if dim > 65536:
-            raise OdenetError(f"NeuralODEModel: dim {dim} is too large (at most 65536)")
+        if arch not in ARCHS:
+            raise OdenetError(f"NeuralODEModel: unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        limit = 65536 if arch == "seed" else MAX_PAPER_WIDTH
+        if dim > limit:
+            raise OdenetError(f"NeuralODEModel: dim {dim} is too large for arch {arch!r} (at most {limit})")
         t_end = _check_time(t_end, "NeuralODEModel")
         if solver is not None and not isinstance(solver, Solver):
             _check_solver(solver, "NeuralODEModel")
-        self.encoder = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, dim), nn.Tanh(),
-        )
-        self.odefunc = ODEFunc(dim)
+        self.arch = arch
+        if arch == "paper":
+            self.encoder, self.odefunc, head = paper.parts(dim, num_classes)
+            self.state_shape: Tuple[int, ...] = (dim, paper.STATE_SIDE, paper.STATE_SIDE)
+        else:
+            self.encoder = nn.Sequential(
+                nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, dim), nn.Tanh(),
+            )
+            self.odefunc = ODEFunc(dim)
+            self.state_shape = (dim,)
         solver = solver if solver is not None else Config().ode_solver()
         self.odeblock = ODEBlock(self.odefunc, t_end, solver.replace(**settings) if settings else solver)
-        self.classifier = nn.Sequential(nn.Linear(dim, 64), nn.ReLU(), nn.Linear(64, num_classes))
-        # NHWC convolutions are faster than NCHW on CPU (oneDNN) for this encoder: docs/performance.md
-        self.encoder.to(memory_format=torch.channels_last)
+        if arch == "paper":
+            self.classifier = head
+        else:
+            self.classifier = nn.Sequential(nn.Linear(dim, 64), nn.ReLU(), nn.Linear(64, num_classes))
+            # NHWC convolutions are faster than NCHW on CPU (oneDNN) for this encoder: docs/performance.md
+            self.encoder.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg: Config) -> "NeuralODEModel":
-        """The model a run of ``cfg`` trains (its ``ode_dim``, ``t_end`` and solver)."""
-        return cls(dim=cfg.ode_dim, t_end=cfg.t_end, solver=cfg.ode_solver())
+        """The model a run of ``cfg`` trains (its ``arch``, ``ode_dim``, ``t_end`` and solver)."""
+        return cls(dim=cfg.ode_dim, arch=cfg.arch, t_end=cfg.t_end, solver=cfg.ode_solver())
 
     def forward(self, x: torch.Tensor, energy: bool = False):
         """Logits ``(B, 10)`` for images ``(B, 1, 28, 28)``; with ``energy`` also the flow's kinetic energy
@@ -361,7 +376,7 @@ class NeuralODEModel(nn.Module):
         return outs[5], outs[8], outs[10]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """z(0) = encoder(x): ``(B, 1, 28, 28) -> (B, dim)``."""
+        """z(0) = encoder(x): ``(B, 1, 28, 28) -> (B, *state_shape)``."""
         enc = self.encoder
         if isinstance(enc, nn.Sequential) and len(enc) == len(_SEED_ENCODER):
             return self.encode_stages(x)[2]
@@ -379,13 +394,23 @@ class NeuralODEModel(nn.Module):
 
     @torch.no_grad()
     def trajectory(self, x: torch.Tensor, t: Sequence[float]) -> torch.Tensor:
-        """The latent path z(t) of images ``x`` at the times ``t`` (from 0): ``(len(t), B, dim)``, by dense output."""
+        """The latent path z(t) of images ``x`` at the times ``t`` (from 0): ``(len(t), B, *state_shape)``, by dense
+        output."""
         return self.odeblock.trajectory(self.encode(_images(x, self._like())), t)
 
     @torch.no_grad()
     def decision(self, x: torch.Tensor, t: Sequence[float]) -> torch.Tensor:
         """The classifier's probabilities along the flow, ``softmax(classifier(z(t)))``: ``(len(t), B, classes)``."""
-        return torch.softmax(self.classifier(self.trajectory(x, t)), -1)
+        return torch.softmax(self.classify(self.trajectory(x, t)), -1)
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits ``(*lead, classes)`` of states ``z`` of shape ``(*lead, *state_shape)`` (e.g. a trajectory)."""
+        lead = z.shape[:z.dim() - len(self.state_shape)]
+        return self.classifier(z.reshape(-1, *self.state_shape)).reshape(*lead, -1)
+
+    def flat(self, z: torch.Tensor) -> torch.Tensor:
+        """States ``(*lead, *state_shape)`` as vectors ``(*lead, D)`` (for norms, PCA and t-SNE)."""
+        return z.flatten(z.dim() - len(self.state_shape)) if len(self.state_shape) > 1 else z
 
     @property
     def stats(self) -> Optional[Stats]:

@@ -89,15 +89,17 @@ def collect(model: NeuralODEModel, split: Split, dataset: str, n_times: int = 21
     for x, _ in split.batches(batch_size):
         z0 = model.encode(x)
         zT = model.odeblock(z0)
-        z0s.append(z0)
-        zTs.append(zT)
+        z0s.append(model.flat(z0))
+        zTs.append(model.flat(zT))
         probs.append(torch.softmax(model.classifier(zT), 1))
     z0, zT, pr = torch.cat(z0s), torch.cat(zTs), torch.cat(probs)
     labels = split.y.cpu().numpy()
     idx = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
     ts = np.linspace(0.0, model.odeblock.t_end, n_times)
-    traj = model.odeblock.trajectory(z0[torch.as_tensor(idx, device=z0.device)], ts.tolist())
-    fnorm = model.odefunc(0.0, traj.reshape(-1, traj.shape[-1])).norm(dim=-1).reshape(traj.shape[:2])
+    start = z0[torch.as_tensor(idx, device=z0.device)].reshape(-1, *model.state_shape)
+    states = model.odeblock.trajectory(start, ts.tolist())  # (T, M, *state)
+    fnorm = torch.stack([model.flat(model.odefunc(float(t), z)).norm(dim=-1) for t, z in zip(ts, states)])
+    traj = model.flat(states)
     mean, std = STATS[dataset]
     images = (split.x[:, 0] * std + mean).clamp(0, 1)
     return ReportData(z0.cpu().numpy(), zT.cpu().numpy(), pr.cpu().numpy(), labels, ts, traj.cpu().numpy(),

@@ -51,15 +51,22 @@ def resume_config(run: Path, changes: Dict) -> Config:
 
 
 def epoch_lr(cfg: Config, epoch: int) -> float:
-    """Learning rate of 0-based ``epoch``: ``lr`` throughout, or a cosine decay from ``lr`` over ``epochs``."""
+    """Learning rate of 0-based ``epoch``'s start: ``lr`` throughout, or a cosine (or linear) decay from ``lr`` over
+    ``epochs``."""
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * (1.0 - epoch / cfg.epochs)
     if cfg.lr_schedule == "constant":
         return cfg.lr
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
 
 
 def step_lr(cfg: Config, epoch: int, batch: int, batches_per_epoch: int) -> float:
-    """Learning rate of one batch: ``epoch_lr`` times a linear warm-up over the first ``warmup_epochs``."""
-    lr = epoch_lr(cfg, epoch)
+    """Learning rate of one batch: ``epoch_lr`` (or, for ``linear``, a decay from ``lr`` to 0 over every batch of
+    the run) times a linear warm-up over the first ``warmup_epochs``."""
+    if cfg.lr_schedule == "linear":
+        lr = cfg.lr * (1.0 - (epoch + batch / batches_per_epoch) / cfg.epochs)
+    else:
+        lr = epoch_lr(cfg, epoch)
     if cfg.warmup_epochs > 0:
         done = (epoch + (batch + 1) / batches_per_epoch) / cfg.warmup_epochs
         lr *= min(1.0, done)

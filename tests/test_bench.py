@@ -86,14 +86,16 @@ def test_bench_speed_tiny(tmp_path, capsys):
 
 def test_table1_variants_shapes_and_parameter_counts():
     from odenet.bench import table1
+    from test_paper import paper_params
 
     f = 64 * 128 + 128 + 2 * (128 * 128 + 128) + 128 * 64 + 64  # the seed's ODE function: 49,600
     seed = 268_298  # the seed's whole model (SPEC.md's print)
     expected = {"mlp": 784 * 300 + 300 + 300 * 10 + 10, "identity": seed - f, "resblock": seed,
-                "resnet": seed - f + 3 * f, "rknet": seed, "odenet": seed, "odenet-kinetic": seed}
+                "resnet": seed - f + 3 * f, "rknet": seed, "odenet": seed, "odenet-kinetic": seed,
+                "paper": paper_params(8)}
     x = torch.randn(5, 1, 28, 28)
     for name in table1.VARIANTS:
-        net = table1.variant(name, blocks=3)
+        net = table1.variant(name, blocks=3, width=8)
         assert sum(p.numel() for p in net.parameters()) == expected[name], name
         assert net(x).shape == (5, 10), name
     block = table1.Residual()

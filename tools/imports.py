@@ -19,7 +19,7 @@ LAYERS = [
     ("ode", ["ode.tableaus", "ode.backends", "ode.settings", "ode.native", "ode.adjoint", "ode.checks",
              "ode.torchdiffeq_backend", "ode.integrate", "ode.compat", "ode"]),
     ("settings and data", ["config", "data", "images"]),
-    ("model", ["model"]),
+    ("model", ["paper", "model"]),
     ("model services", ["checkpoint", "shipped", "evaluate", "flow", "ood", "figures", "distributed", "invariance",
                         "export"]),
     ("jobs", ["train", "report", "demo"]),

@@ -4,7 +4,8 @@ The seed's encoder and classifier with, in the middle: nothing (``identity``); a
 f shaped like the seed's ODE function, applied once (``resblock``) or ``K`` times with its own weights each
 (``resnet``, ``K`` = the ODE-Net's forward NFE); backpropagation through a fixed rk4 grid of the seed's function
 (``rknet``); the seed's ODE-Net with the adjoint (``odenet``); the same with the best recipe's kinetic-energy term
-(``odenet-kinetic``); and the paper's 1-layer MLP baseline on the pixels (``mlp``). One recipe for all (the seed's:
+(``odenet-kinetic``); the paper's 1-layer MLP baseline on the pixels (``mlp``); and the paper's own conv ODE-Net
+(``paper``: ``NeuralODEModel(arch="paper")``, its width a parameter so that it runs on a CPU). One recipe for all (the seed's:
 Adam, lr 1e-3, batch 64, no augmentation); per variant: parameters, test error (final epoch, mean ± sd over the
 seeds, nothing chosen on the test set), seconds per epoch, the bytes autograd saves for one training step's
 backward pass, and the forward NFE.
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from ..config import count
 from .common import saved_bytes, write_study
 
-VARIANTS = ("mlp", "identity", "resblock", "resnet", "rknet", "odenet", "odenet-kinetic")
+VARIANTS = ("mlp", "identity", "resblock", "resnet", "rknet", "odenet", "odenet-kinetic", "paper")
 KINETIC = 1e-4  # configs/best.yaml's weight
 
 
@@ -58,8 +59,8 @@ class Sandwich(nn.Module):
         return self.classifier(self.middle(self.encoder(x)))
 
 
-def variant(name: str, blocks: int = 20) -> nn.Module:
-    """One row's network (``blocks``: the ResNet's depth)."""
+def variant(name: str, blocks: int = 20, width: int = 64) -> nn.Module:
+    """One row's network (``blocks``: the ResNet's depth; ``width``: the paper ODE-Net's channels)."""
     from ..model import NeuralODEModel
 
     if name == "mlp":
@@ -74,6 +75,8 @@ def variant(name: str, blocks: int = 20) -> nn.Module:
         return NeuralODEModel(method="rk4", step_size=0.25, adjoint=False)
     if name in ("odenet", "odenet-kinetic"):
         return NeuralODEModel()
+    if name == "paper":
+        return NeuralODEModel(width, arch="paper")
     raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
 
 
@@ -84,10 +87,11 @@ def _loss(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor) -> torc
     return F.cross_entropy(model(x), y)
 
 
-def train_variant(name: str, seed: int, train, test, epochs: int, blocks: int, batch: int = 64) -> Dict:
+def train_variant(name: str, seed: int, train, test, epochs: int, blocks: int, width: int = 64,
+                  batch: int = 64) -> Dict:
     """Train one variant with the seed's recipe; its row for this seed."""
     torch.manual_seed(seed)
-    model = variant(name, blocks).to(train.x.device)
+    model = variant(name, blocks, width).to(train.x.device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     order = torch.Generator().manual_seed(seed)
     seconds, nfe = [], []
@@ -132,6 +136,8 @@ def add_args(s) -> None:
     s.add_argument("--epochs", type=count(1, 100), default=10, help="epochs of the seed's recipe (default: 10)")
     s.add_argument("--blocks", type=count(1, 1000), default=20, help="the ResNet's blocks (default: 20, the "
                                                                       "ODE-Net's forward NFE)")
+    s.add_argument("--paper-width", type=count(1, 512), default=64, help="channels of the paper's ODE-Net (default: "
+                                                                        "64, the paper's)")
     s.add_argument("--train-subset", type=count(1), default=None, help="a fixed random subset of the training set")
 
 
@@ -140,9 +146,11 @@ def run(args, dev: torch.device, data_dir: str, meta: Dict, out: Path) -> None:
 
     train = load_split("mnist", data_dir, True, dev, args.train_subset, args.verify_data)
     test = load_split("mnist", data_dir, False, dev, None, args.verify_data)
-    rows = [train_variant(v, s, train, test, args.epochs, args.blocks) for v in args.variants for s in args.seeds]
+    rows = [train_variant(v, s, train, test, args.epochs, args.blocks, args.paper_width)
+            for v in args.variants for s in args.seeds]
     meta.update({"recipe": f"the seed's: Adam lr 1e-3, batch 64, {args.epochs} epochs, no augmentation; "
-                           f"test error after the last epoch", "train images": len(train)})
+                           f"test error after the last epoch", "train images": len(train),
+                 "paper ODE-Net channels": args.paper_width})
     write_study(out, "table1", "Table 1 on the seed's architecture", meta, {
         "Per variant (mean over seeds)": (summarize(rows), ["variant", "params (M)", "test error %", "± sd", "seeds",
                                                             "s/epoch", "saved MB / step", "NFE fwd"]),
