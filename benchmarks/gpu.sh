@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared call on a GPU machine: correctness checks on the GPU, then plain torchdiffeq vs odenet timed
-# side by side (same data, same seed), then the gradient study with CUDA peak memory.
+# side by side (same data, same seed), then the gradient study with CUDA peak memory, then (TABLE1=1) the paper's
+# conv ODE-Net at its own width (64 channels) beside the seed's ODE-Net in Table 1's recipe (docs/table1.md).
 #
 #   DATA=folder/with/MNIST/raw OUT=results bash benchmarks/gpu.sh
 #
@@ -54,3 +55,8 @@ python3 -m odenet bench speed --device cuda --batches 150 --rounds 3 --full-epoc
 python3 -m odenet bench gradients --device cuda --data-dir "$DATA" --out "$OUT" 2>&1 | tee "$OUT/gradients.log"
 # data-parallel scaling on the machine's CPU cores (gloo): 1, 2, 4, 8 processes, one thread each
 SUBSET=20000 OUT="$OUT" DATA="$DATA" bash benchmarks/ddp_scaling.sh 1 2 4 8 2>&1 | tail -8
+# the paper's conv ODE-Net at the paper's width, beside the seed's ODE-Net (docs/table1.md: CPU runs use 16 channels)
+if [ "${TABLE1:-0}" = 1 ]; then
+  python3 -m odenet bench table1 --device cuda --variants odenet paper --paper-width 64 --epochs "${TABLE1_EPOCHS:-2}" \
+    --seeds 0 1 2 --data-dir "$DATA" --out "$OUT" 2>&1 | tee "$OUT/table1.log"
+fi

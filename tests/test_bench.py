@@ -92,7 +92,7 @@ def test_table1_variants_shapes_and_parameter_counts():
     seed = 268_298  # the seed's whole model (SPEC.md's print)
     expected = {"mlp": 784 * 300 + 300 + 300 * 10 + 10, "identity": seed - f, "resblock": seed,
                 "resnet": seed - f + 3 * f, "rknet": seed, "odenet": seed, "odenet-kinetic": seed,
-                "paper": paper_params(8)}
+                "odenet-t4": seed, "identity-frozen": seed - f, "odenet-frozen": seed, "paper": paper_params(8)}
     x = torch.randn(5, 1, 28, 28)
     for name in table1.VARIANTS:
         net = table1.variant(name, blocks=3, width=8)
@@ -113,7 +113,11 @@ def test_table1_rows_measure_what_they_say(synth_dir):
     test = load_split("mnist", str(synth_dir), False, torch.device("cpu"), None, verify=False)
     rows = [table1.train_variant(v, s, train, test, epochs=1, blocks=2) for v in ("identity", "rknet", "odenet")
             for s in (0, 1)]
+    frozen = table1.train_variant("odenet-frozen", 0, train, test, epochs=1, blocks=2)
     by = {(r["variant"], r["seed"]): r for r in rows}
+    encoder = 268_298 - 49_600 - (64 * 64 + 64 + 64 * 10 + 10)  # the seed's minus its ODE function and classifier
+    assert frozen["params"] == by[("odenet", 0)]["params"] == 268_298 and frozen["trained"] == 268_298 - encoder
+    assert math.isnan(by[("identity", 0)]["z0_error"]) and 0 <= by[("odenet", 0)]["z0_error"] <= 1
     assert by[("rknet", 0)]["saved_MB"] > by[("odenet", 0)]["saved_MB"]
     assert by[("rknet", 0)]["nfe"] == 16 and by[("odenet", 0)]["nfe"] >= 8 and math.isnan(by[("identity", 0)]["nfe"])
     for r in rows:

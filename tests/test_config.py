@@ -75,7 +75,7 @@ def test_recipe_settings_are_validated(key, value, msg):
         Config(**{key: value}).validate()
 
 
-@pytest.mark.parametrize("name", ["best.yaml", "best-v1.yaml", "fashion.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parent.parent / "configs").glob("*.yaml")))
 def test_shipped_recipes_are_valid_and_keep_the_seed_network_and_solver(name):
     from pathlib import Path
 
@@ -83,7 +83,7 @@ def test_shipped_recipes_are_valid_and_keep_the_seed_network_and_solver(name):
     cfg = Config.from_dict(values).validate()
     seed = Config()
     # training levers only: the network and the forward solve are the seed's
-    for key in ("ode_dim", "t_end", "solver", "rtol", "atol", "adjoint", "backend"):
+    for key in ("arch", "ode_dim", "t_end", "solver", "rtol", "atol", "adjoint", "backend"):
         assert getattr(cfg, key) == getattr(seed, key), key
     assert cfg.dataset == ("fashion-mnist" if name == "fashion.yaml" else "mnist")
     assert not (cfg.dataset == "mnist" and cfg.aug_flip)  # mirrors do not keep a digit's label

@@ -109,6 +109,18 @@ def test_train_arch_paper_end_to_end(synth_dir, tmp_path, capsys, monkeypatch):
 
     model = odenet.load(str(run))
     assert model.arch == "paper" and model.state_shape == (8, 6, 6)
+    # the demo's whole path: load, the flow under a chosen solver, the PCA map of flattened maps, both figures
+    import numpy as np
+
+    from odenet.demo import load_predictor
+
+    pred = load_predictor(str(run))
+    pred.out_dir = tmp_path
+    img = np.zeros((28, 28), np.uint8)
+    img[4:24, 12:16] = 255
+    flow, _, flow_png, path_png = pred.render(img, "rk4", 1e-3, 1e-4, 0.25, 1.0)
+    assert flow.z.shape == (41, 8 * 36) and flow.probs.shape == (41, 10)
+    assert Path(flow_png).is_file() and Path(path_png).is_file()
     assert main(["train", "--resume", str(run), "--arch", "seed"]) == 1
     assert "arch" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--epochs", "3", "--no-report"]) == 0

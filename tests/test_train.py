@@ -404,3 +404,15 @@ def test_cli_damaged_data_is_one_line_error(tmp_path, capsys, damage, flags, msg
     assert len(lines) == 1 and lines[0].startswith("odenet: error: ") and msg in lines[0], cap.err
     assert "Traceback" not in cap.err
     assert not (out / "d").exists()
+
+
+def test_linear_schedule_decays_per_batch_to_zero_after_its_warm_up():
+    from odenet.train import step_lr
+
+    cfg = Config(lr=0.01, epochs=3, lr_schedule="linear", warmup_epochs=0.5)
+    n = 10
+    lrs = [step_lr(cfg, e, b, n) for e in range(3) for b in range(n)]
+    assert lrs[0] == pytest.approx(0.01 * 0.2)  # batch 1 of 5 warm-up batches, at the schedule's 0.01
+    assert lrs[4] == pytest.approx(0.01 * (1 - 4 / 30))  # warm-up done
+    assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))  # strictly down, across epoch boundaries too
+    assert lrs[-1] == pytest.approx(0.01 / 30) and lrs[10] == pytest.approx(0.01 * (1 - 1 / 3))
