@@ -40,7 +40,8 @@ class Config:
     batch_size: int = _s(64, "batch size (under torchrun: the global batch, split over the processes)")
     epochs: int = _s(10, "epochs")
     lr: float = _s(1e-3, "Adam learning rate")
-    lr_schedule: str = _s("cosine", "cosine (per-epoch decay from --lr), constant, or linear (per-batch decay from --lr to 0 at the end of the last epoch)")
+    lr_schedule: str = _s("cosine", "cosine (per-epoch decay from --lr), constant, or linear (per-batch decay from "
+                                    "--lr to 0 at the end of the last epoch)")
     # training recipe beyond the seed (all off by default; see docs/accuracy.md)
     optimizer: str = _s("adam", "adam or adamw")
     weight_decay: float = _s(0.0, "weight decay (decoupled with adamw)")

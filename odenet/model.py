@@ -289,6 +289,16 @@ _SEED_ENCODER = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Conv2d, nn.ReLU, nn.MaxPoo
                  nn.Linear, nn.Tanh)
 
 
+def _seed_parts(dim: int, num_classes: int) -> Tuple[nn.Sequential, ODEFunc, nn.Sequential]:
+    """SPEC.md's encoder ``(B, 1, 28, 28) -> (B, dim)``, ODE function and classifier ``(B, dim) -> (B, classes)``."""
+    encoder = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, dim), nn.Tanh(),
+    )
+    return encoder, ODEFunc(dim), nn.Sequential(nn.Linear(dim, 64), nn.ReLU(), nn.Linear(64, num_classes))
+
+
 def _positive_int(v, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
         raise OdenetError(f"NeuralODEModel: {name} must be a positive integer, got {v!r}")
@@ -296,7 +306,8 @@ def _positive_int(v, name: str) -> int:
 
 
 class NeuralODEModel(nn.Module):
-    """Encoder (28x28 image -> ``dim``, tanh-bounded) -> ODE block -> classifier (10 logits)."""
+    """Encoder (28x28 image -> z(0) of ``state_shape``: the seed's ``(dim,)``, tanh-bounded, or the paper's
+    ``(dim, 6, 6)``) -> ODE block -> classifier (10 logits)."""
 
     dataset: Optional[str] = None  # what a loaded model was trained on (``odenet.load`` sets it) ...
     classes: Optional[List[str]] = None  # ... and its class names
@@ -317,24 +328,12 @@ class NeuralODEModel(nn.Module):
         if solver is not None and not isinstance(solver, Solver):
             _check_solver(solver, "NeuralODEModel")
         self.arch = arch
-        if arch == "paper":
-            self.encoder, self.odefunc, head = paper.parts(dim, num_classes)
-            self.state_shape: Tuple[int, ...] = (dim, paper.STATE_SIDE, paper.STATE_SIDE)
-        else:
-            self.encoder = nn.Sequential(
-                nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, dim), nn.Tanh(),
-            )
-            self.odefunc = ODEFunc(dim)
-            self.state_shape = (dim,)
+        self.encoder, self.odefunc, head = (paper.parts if arch == "paper" else _seed_parts)(dim, num_classes)
+        self.state_shape: Tuple[int, ...] = (dim, paper.STATE_SIDE, paper.STATE_SIDE) if arch == "paper" else (dim,)
         solver = solver if solver is not None else Config().ode_solver()
         self.odeblock = ODEBlock(self.odefunc, t_end, solver.replace(**settings) if settings else solver)
-        if arch == "paper":
-            self.classifier = head
-        else:
-            self.classifier = nn.Sequential(nn.Linear(dim, 64), nn.ReLU(), nn.Linear(64, num_classes))
-            # NHWC convolutions are faster than NCHW on CPU (oneDNN) for this encoder: docs/performance.md
+        self.classifier = head
+        if arch == "seed":  # NHWC convolutions are faster than NCHW on CPU (oneDNN) for this encoder (performance.md)
             self.encoder.to(memory_format=torch.channels_last)
 
     @classmethod

@@ -141,7 +141,8 @@ def summarize(rows: List[Dict]) -> List[Dict]:
         sd = statistics.stdev(errs) if len(errs) > 1 else float("nan")
         out.append({"variant": name, "params (M)": rs[0]["params"] / 1e6, "trained (M)": rs[0]["trained"] / 1e6,
                     "test error %": statistics.mean(errs), "± sd": sd,
-                    "error at z(0) %": statistics.mean(100 * r["z0_error"] for r in rs), "seeds": len(rs), "s/epoch": statistics.median(r["s_per_epoch"] for r in rs),
+                    "error at z(0) %": statistics.mean(100 * r["z0_error"] for r in rs), "seeds": len(rs),
+                    "s/epoch": statistics.median(r["s_per_epoch"] for r in rs),
                     "saved MB / step": statistics.mean(r["saved_MB"] for r in rs),
                     "NFE fwd": statistics.mean(r["nfe"] for r in rs)})
     return out
