@@ -92,7 +92,8 @@ def test_table1_variants_shapes_and_parameter_counts():
     seed = 268_298  # the seed's whole model (SPEC.md's print)
     expected = {"mlp": 784 * 300 + 300 + 300 * 10 + 10, "identity": seed - f, "resblock": seed,
                 "resnet": seed - f + 3 * f, "rknet": seed, "odenet": seed, "odenet-kinetic": seed,
-                "odenet-t4": seed, "identity-frozen": seed - f, "odenet-frozen": seed, "paper": paper_params(8)}
+                "odenet-t4": seed, "identity-frozen": seed - f, "resblock-frozen": seed,
+                "odenet-frozen": seed, "paper": paper_params(8)}
     x = torch.randn(5, 1, 28, 28)
     for name in table1.VARIANTS:
         net = table1.variant(name, blocks=3, width=8)

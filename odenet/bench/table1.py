@@ -8,7 +8,7 @@ f shaped like the seed's ODE function, applied once (``resblock``) or ``K`` time
 (``paper``: ``NeuralODEModel(arch="paper")``, its width a parameter so that it runs on a CPU). Three rows ask
 whether the seed's ODE block can matter more with its architecture unchanged: the ODE-Net integrated to T = 4
 (``odenet-t4``), and the encoder frozen at its random initialization so that the middle must separate the classes
-(``identity-frozen`` against ``odenet-frozen``). For the ODE rows the classifier is also applied to z(0): the
+(``identity-frozen`` and ``resblock-frozen`` against ``odenet-frozen``). For the ODE rows the classifier is also applied to z(0): the
 error without the flow. One recipe for all (the seed's:
 Adam, lr 1e-3, batch 64, no augmentation); per variant: parameters, test error (final epoch, mean ± sd over the
 seeds, nothing chosen on the test set), seconds per epoch, the bytes autograd saves for one training step's
@@ -29,7 +29,7 @@ from ..config import count
 from .common import saved_bytes, write_study
 
 VARIANTS = ("mlp", "identity", "resblock", "resnet", "rknet", "odenet", "odenet-kinetic", "odenet-t4", "identity-frozen",
-            "odenet-frozen", "paper")
+            "resblock-frozen", "odenet-frozen", "paper")
 KINETIC = 1e-4  # configs/best.yaml's weight
 
 
@@ -72,7 +72,7 @@ def variant(name: str, blocks: int = 20, width: int = 64) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 10))
     if name == "identity":
         return Sandwich(nn.Identity())
-    if name == "resblock":
+    if name in ("resblock", "resblock-frozen"):
         return Sandwich(Residual())
     if name == "resnet":
         return Sandwich(nn.Sequential(*[Residual() for _ in range(blocks)]))
