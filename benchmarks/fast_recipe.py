@@ -11,7 +11,6 @@ the last epoch (nothing chosen on the test set). ``DATA`` must be writable (torc
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -65,8 +64,11 @@ def main() -> None:
             rows.append((seed, plain_s, float(acc), fast_s, summary["final_test_acc"]))
             print(f"seed {seed}: plain epoch {plain_s:.1f} s ({float(acc):.2%}), {args.config} {fast_s:.1f} s "
                   f"({summary['final_test_acc']:.2%})", flush=True)
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{time.strftime('%Y-%m-%d')}\n")
+    import torch
+
+    from odenet.bench.common import machine
+
+    print(f"\n{machine(torch.device('cpu'))}, {time.strftime('%Y-%m-%d')}\n")
     print(f"| seed | plain torchdiffeq, 1 epoch: s | its test acc | {args.config}: s | its test acc | in plain epochs |")
     print("|---|---|---|---|---|---|")
     for seed, ps, pa, fs, fa in rows:

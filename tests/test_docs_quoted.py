@@ -126,3 +126,11 @@ def test_readme_quotes():
     m = re.search(rf"against the seed configuration's {NUM}% ± {NUM}", md)
     runs = seeds("fashion-default")
     check([100 * round(last(r), 4) for r in runs], runs, (float(m.group(1)), float(m.group(2))))
+
+
+def test_accuracy_md_five_seeds_of_the_best_recipe():
+    md = (ROOT / "docs" / "accuracy.md").read_text()
+    m = re.search(rf"Over seeds 0–4 the recipe gives {NUM}, {NUM}, {NUM}, {NUM}, {NUM}%: \*\*mean {NUM}% ± {NUM},", md)
+    assert m, "the five-seed sentence of docs/accuracy.md is gone or reworded"
+    values = [float(v) for v in m.groups()]
+    check(values[:5], [f"mnist-v5-seed{s}" for s in range(5)], (values[5], values[6]))
