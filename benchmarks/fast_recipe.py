@@ -7,6 +7,8 @@ For each seed, one after the other (never two at once): the plain script (the se
 one epoch and evaluates the test set; then ``odenet train --config CONFIG --seed S --no-report`` runs to its end.
 Wall seconds of each whole process (interpreter start, imports and data included) and the test accuracy after
 the last epoch (nothing chosen on the test set). ``DATA`` must be writable (torchvision's MNIST class checks it).
+The plain process takes its model from ``odenet.bench.plain_torchdiffeq`` (torchdiffeq's code, none of odenet's
+engine); importing it through the package took 6.1 s against 6.0 s for torch, torchvision and torchdiffeq alone.
 """
 import argparse
 import json
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 
 PLAIN = """
-import sys, torch, torch.nn.functional as F
+import sys, torch
 from torchvision import datasets
 from odenet.bench import plain_torchdiffeq as plain
 root = sys.argv[1]
