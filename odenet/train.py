@@ -50,23 +50,20 @@ def resume_config(run: Path, changes: Dict) -> Config:
     return dataclasses.replace(saved_config(run), **changes).validate()
 
 
-def epoch_lr(cfg: Config, epoch: int) -> float:
-    """Learning rate of 0-based ``epoch``'s start: ``lr`` throughout, or a cosine (or linear) decay from ``lr`` over
-    ``epochs``."""
-    if cfg.lr_schedule == "linear":
-        return cfg.lr * (1.0 - epoch / cfg.epochs)
+def epoch_lr(cfg: Config, epoch: float) -> float:
+    """Learning rate at ``epoch`` (0-based, fractional within an epoch): ``lr`` throughout (constant), a cosine
+    decay from ``lr`` stepped once per whole epoch (cosine), or a decay from ``lr`` to 0 at the run's end (linear)."""
     if cfg.lr_schedule == "constant":
         return cfg.lr
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * (1.0 - epoch / cfg.epochs)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * math.floor(epoch) / cfg.epochs))
 
 
 def step_lr(cfg: Config, epoch: int, batch: int, batches_per_epoch: int) -> float:
-    """Learning rate of one batch: ``epoch_lr`` (or, for ``linear``, a decay from ``lr`` to 0 over every batch of
-    the run) times a linear warm-up over the first ``warmup_epochs``."""
-    if cfg.lr_schedule == "linear":
-        lr = cfg.lr * (1.0 - (epoch + batch / batches_per_epoch) / cfg.epochs)
-    else:
-        lr = epoch_lr(cfg, epoch)
+    """Learning rate of one batch: ``epoch_lr`` at the batch's start times a linear warm-up over the first
+    ``warmup_epochs``."""
+    lr = epoch_lr(cfg, epoch + batch / batches_per_epoch)
     if cfg.warmup_epochs > 0:
         done = (epoch + (batch + 1) / batches_per_epoch) / cfg.warmup_epochs
         lr *= min(1.0, done)

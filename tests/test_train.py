@@ -416,3 +416,6 @@ def test_linear_schedule_decays_per_batch_to_zero_after_its_warm_up():
     assert lrs[4] == pytest.approx(0.01 * (1 - 4 / 30))  # warm-up done
     assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))  # strictly down, across epoch boundaries too
     assert lrs[-1] == pytest.approx(0.01 / 30) and lrs[10] == pytest.approx(0.01 * (1 - 1 / 3))
+    cosine = Config(lr=0.01, epochs=3)  # the seed's schedule: one value per epoch, from lr down a cosine
+    assert [step_lr(cosine, e, b, n) for e in range(3) for b in (0, n - 1)] == pytest.approx(
+        [0.01, 0.01, 0.0075, 0.0075, 0.0025, 0.0025])
