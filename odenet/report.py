@@ -89,21 +89,20 @@ def collect(model: NeuralODEModel, split: Split, dataset: str, n_times: int = 21
     for x, _ in split.batches(batch_size):
         z0 = model.encode(x)
         zT = model.odeblock(z0)
-        z0s.append(model.flat(z0))
-        zTs.append(model.flat(zT))
+        z0s.append(z0)
+        zTs.append(zT)
         probs.append(torch.softmax(model.classifier(zT), 1))
     z0, zT, pr = torch.cat(z0s), torch.cat(zTs), torch.cat(probs)
     labels = split.y.cpu().numpy()
     idx = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
     ts = np.linspace(0.0, model.odeblock.t_end, n_times)
-    start = z0[torch.as_tensor(idx, device=z0.device)].reshape(-1, *model.state_shape)
-    states = model.odeblock.trajectory(start, ts.tolist())  # (T, M, *state)
+    states = model.odeblock.trajectory(z0[torch.as_tensor(idx, device=z0.device)], ts.tolist())  # (T, M, *state)
     fnorm = torch.stack([model.flat(model.odefunc(float(t), z)).norm(dim=-1) for t, z in zip(ts, states)])
     traj = model.flat(states)
     mean, std = STATS[dataset]
     images = (split.x[:, 0] * std + mean).clamp(0, 1)
-    return ReportData(z0.cpu().numpy(), zT.cpu().numpy(), pr.cpu().numpy(), labels, ts, traj.cpu().numpy(),
-                      labels[idx], fnorm.cpu().numpy(), images.cpu().numpy())
+    return ReportData(model.flat(z0).cpu().numpy(), model.flat(zT).cpu().numpy(), pr.cpu().numpy(), labels, ts,
+                      traj.cpu().numpy(), labels[idx], fnorm.cpu().numpy(), images.cpu().numpy())
 
 
 def separation_scores(z: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
@@ -196,7 +195,8 @@ def flow_section(run: Path, model: NeuralODEModel, test: Split, images: np.ndarr
     c = contribution(model, test)
     ex = c["examples"]
     idx = ex["index"]
-    path = figures.flow_changes(images[np.asarray(idx, dtype=int)], np.array(ex["label"], dtype=int), np.array(ex["ts"]),
+    path = figures.flow_changes(images[np.asarray(idx, dtype=int)], np.array(ex["label"], dtype=int),
+                                np.array(ex["ts"]),
                                 np.array(ex["class_along_t"], dtype=int).reshape(len(idx), len(ex["ts"])),
                                 figure_dir(run) / "flow_changes.png", names)
     rows = [("classifier on z(0), no flow", f"{c['acc_z0']:.4f}"), ("classifier on z(T)", f"{c['acc_zT']:.4f}"),

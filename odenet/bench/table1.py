@@ -8,9 +8,9 @@ f shaped like the seed's ODE function, applied once (``resblock``) or ``K`` time
 (``paper``: ``NeuralODEModel(arch="paper")``, its width a parameter so that it runs on a CPU). Three rows ask
 whether the seed's ODE block can matter more with its architecture unchanged: the ODE-Net integrated to T = 4
 (``odenet-t4``), and the encoder frozen at its random initialization so that the middle must separate the classes
-(``identity-frozen`` and ``resblock-frozen`` against ``odenet-frozen``). For the ODE rows the classifier is also applied to z(0): the
-error without the flow. One recipe for all (the seed's:
-Adam, lr 1e-3, batch 64, no augmentation); per variant: parameters, test error (final epoch, mean ± sd over the
+(``identity-frozen`` and ``resblock-frozen`` against ``odenet-frozen``). For the ODE rows the classifier is also
+applied to z(0): the error without the flow. One recipe for all (the seed's: Adam, lr 1e-3, batch 64, no
+augmentation); per variant: parameters, test error (final epoch, mean ± sd over the
 seeds, nothing chosen on the test set), seconds per epoch, the bytes autograd saves for one training step's
 backward pass, and the forward NFE.
 """
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from ..config import count
 from .common import saved_bytes, write_study
 
-VARIANTS = ("mlp", "identity", "resblock", "resnet", "rknet", "odenet", "odenet-kinetic", "odenet-t4", "identity-frozen",
-            "resblock-frozen", "odenet-frozen", "paper")
+VARIANTS = ("mlp", "identity", "resblock", "resnet", "rknet", "odenet", "odenet-kinetic", "odenet-t4",
+            "identity-frozen", "resblock-frozen", "odenet-frozen", "paper")
 KINETIC = 1e-4  # configs/best.yaml's weight
 
 
