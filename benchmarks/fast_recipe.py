@@ -45,7 +45,8 @@ def timed(argv, env) -> tuple:
     out = subprocess.run(argv, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if out.returncode != 0:
-        sys.exit(f"{' '.join(argv[:3])} failed:\n{out.stderr[-2000:]}")
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        sys.exit(f"fast_recipe: {'the plain script' if argv[1] == '-c' else ' '.join(argv[1:4])} failed: {last}")
     return seconds, out.stdout
 
 
@@ -55,6 +56,9 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--config", default="configs/fast.yaml")
     args = p.parse_args()
+    raw = Path(args.data_dir) / "MNIST" / "raw"
+    if not (raw / "train-images-idx3-ubyte.gz").is_file() or not os.access(raw, os.W_OK):
+        sys.exit(f"fast_recipe: {raw} is not a writable folder with MNIST's .gz files (torchvision's layout)")
     env = {**os.environ, "ODENET_DATA_DIR": args.data_dir}
     rows = []
     with tempfile.TemporaryDirectory() as out:
