@@ -1,8 +1,10 @@
 """Where one training step's time goes (seed configuration, batch 64), and the CPU's matrix-product rate.
 
-    python benchmarks/profile_step.py
+    python benchmarks/profile_step.py          # the split of one step into its parts
+    python benchmarks/profile_step.py --ops    # also: how many operators one step dispatches, and the busiest
 """
 import statistics
+import sys
 import time
 
 import torch
@@ -18,6 +20,18 @@ opt = make_optimizer(m, 1e-3)
 parts = {k: [] for k in ("encoder forward", "ODE forward", "classifier + loss", "ODE adjoint backward",
                          "encoder backward", "optimizer step")}
 nfe = []
+
+
+def step():
+    z0 = m.encode(x)
+    zd = z0.detach().requires_grad_()
+    loss = F.cross_entropy(m.classifier(m.odeblock(zd)), y)
+    opt.zero_grad()
+    loss.backward()
+    z0.backward(zd.grad)
+    opt.step()
+
+
 for i in range(60):
     t = [time.perf_counter()]
     z0 = m.encode(x); t.append(time.perf_counter())
@@ -47,3 +61,20 @@ for mm, k, n in ((64, 128, 128), (64, 64, 128), (1000, 128, 128)):
         a @ w
     dt = (time.perf_counter() - t0) / 2000
     print(f"mm {mm}x{k}x{n}: {dt * 1e6:.1f} us, {2 * mm * k * n / dt / 1e9:.0f} GFLOP/s")
+
+if "--ops" in sys.argv:
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = 20
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    calls = sum(e.count for e in events)
+    self_us = sum(e.self_cpu_time_total for e in events)
+    print(f"\n{calls / steps:.0f} aten operator calls per step (self CPU time {self_us / steps / 1e3:.2f} ms, "
+          f"{self_us / calls:.1f} us per call on average; nested calls counted)")
+    print("| operator | calls per step | self CPU ms per step | us per call |\n|---|---|---|---|")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]:
+        print(f"| {e.key} | {e.count / steps:.0f} | {e.self_cpu_time_total / steps / 1e3:.2f} | "
+              f"{e.self_cpu_time_total / e.count:.1f} |")
