@@ -114,7 +114,8 @@ VALIDATION_ROWS = [("v3 |", "mnist-val-v3-seed0"), ("v3 + elastic distortion", "
                    ("v4 + kinetic 0.003", "mnist-val-ke003-seed0"), ("v4 + kinetic 0.01 |", "mnist-val-ke01-seed0"),
                    ("v5 (16 epochs", "mnist-val-ke1e4-seed0"), ("v5 for 30 epochs, the last 4 plain", "mnist-val-e30-seed0"),
                    ("v5 for 30 epochs, the last 6 plain", "mnist-val-e30off6-seed0"),
-                   ("v6 + weight decay 0.1", "mnist-val-e30wd01-seed0"), ("v6 + stronger augmentation", "mnist-val-e30aug15-seed0")]
+                   ("v6 + weight decay 0.1", "mnist-val-e30wd01-seed0"), ("v6 + stronger augmentation", "mnist-val-e30aug15-seed0"),
+                   ("v6 + learning rate 6e-3", "mnist-val-e30lr006-seed0"), ("v6 + EMA decay 0.999", "mnist-val-e30ema999-seed0")]
 
 
 @pytest.mark.parametrize("label, run", VALIDATION_ROWS, ids=[r[0] for r in VALIDATION_ROWS])
