@@ -103,6 +103,11 @@ def test_accuracy_md_v6_row_and_seeds():
     check(values[:6], runs)
     check(values[:5], runs[:5], (values[6], values[7]))
     assert min(values[:5]) >= 99.50
+    m = re.search(rf"--seed S --no-report`, two at a time, one thread each\) it gives \*\*{NUM}, {NUM}, {NUM}, {NUM}%\*\* "
+                  rf"against v6's {NUM}, {NUM}, {NUM}, {NUM}%", " ".join(md.split()))
+    values = [float(v) for v in m.groups()]
+    check(values[:4], [f"mnist-v6-ema999-seed{s}" for s in range(4)])
+    check(values[4:], runs[:4])
     m = re.search(rf"--seed 0 --no-report`\): \*\*{NUM}% in 8 min 34 s\*\*", " ".join(md.split()))
     check([float(m.group(1))], ["mnist-v6-seed0-alone"])
 
