@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from odenet.data import split_files
+
 PLAIN = """
 import sys, torch
 from torchvision import datasets
@@ -57,7 +59,7 @@ def main() -> None:
     p.add_argument("--config", default="configs/fast.yaml")
     args = p.parse_args()
     raw = Path(args.data_dir) / "MNIST" / "raw"
-    if not (raw / "train-images-idx3-ubyte.gz").is_file() or not os.access(raw, os.W_OK):
+    if not (raw / split_files(True)[0]).is_file() or not os.access(raw, os.W_OK):
         sys.exit(f"fast_recipe: {raw} is not a writable folder with MNIST's .gz files (torchvision's layout)")
     env = {**os.environ, "ODENET_DATA_DIR": args.data_dir}
     rows = []

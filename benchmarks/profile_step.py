@@ -22,25 +22,20 @@ parts = {k: [] for k in ("encoder forward", "ODE forward", "classifier + loss", 
 nfe = []
 
 
-def step():
-    z0 = m.encode(x)
+def step(mark=lambda: None):
+    """One training step; ``mark()`` after each of the six parts."""
+    z0 = m.encode(x); mark()
     zd = z0.detach().requires_grad_()
-    loss = F.cross_entropy(m.classifier(m.odeblock(zd)), y)
-    opt.zero_grad()
-    loss.backward()
-    z0.backward(zd.grad)
-    opt.step()
+    zT = m.odeblock(zd); mark()
+    loss = F.cross_entropy(m.classifier(zT), y); opt.zero_grad(); mark()
+    loss.backward(); mark()
+    z0.backward(zd.grad); mark()
+    opt.step(); mark()
 
 
 for i in range(60):
     t = [time.perf_counter()]
-    z0 = m.encode(x); t.append(time.perf_counter())
-    zd = z0.detach().requires_grad_()
-    zT = m.odeblock(zd); t.append(time.perf_counter())
-    loss = F.cross_entropy(m.classifier(zT), y); opt.zero_grad(); t.append(time.perf_counter())
-    loss.backward(); t.append(time.perf_counter())
-    z0.backward(zd.grad); t.append(time.perf_counter())
-    opt.step(); t.append(time.perf_counter())
+    step(lambda: t.append(time.perf_counter()))
     if i >= 10:
         for k, a, b in zip(parts, t[:-1], t[1:]):
             parts[k].append(b - a)
