@@ -9,7 +9,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 import torch
 
 from .config import Config
-from .data import Split, load_split
+from .data import Split, carve_validation, load_split
 from .device import resolve_device
 from .errors import OdenetError
 from .files import atomic_write_bytes
@@ -135,6 +135,16 @@ class Opened(NamedTuple):
         n = cfg.test_subset if subset == "run" else subset
         device = next(self.model.parameters()).device
         return load_split(cfg.dataset, cfg.resolved_data_dir(data_dir), False, device, n, cfg.verify_data)
+
+    def val_split(self, data_dir: Optional[str] = None) -> Split:
+        """The validation split its run held out of the training images (drawn again from the run's seed), on the
+        model's device; ``OdenetError`` for a model trained without one."""
+        cfg = self.cfg
+        if cfg.val_size == 0:
+            raise OdenetError(f"{self.path} was trained without a validation split (val-size 0): it has only a test split")
+        device = next(self.model.parameters()).device
+        train = load_split(cfg.dataset, cfg.resolved_data_dir(data_dir), True, device, cfg.train_subset, cfg.verify_data)
+        return carve_validation(train, cfg.val_size, cfg.seed)[1]
 
 
 def open_model(ref: Optional[Union[str, Path]] = None, device: Union[str, torch.device] = "cpu", *,

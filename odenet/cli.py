@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="dataset folder (default: the run's, else $ODENET_DATA_DIR or the cache)")
     p.add_argument("--batch-size", type=count(1, 60_000), default=1000, help="batch size (default: 1000)")
     p.add_argument("--test-subset", type=count(1), default=None, help="evaluate a fixed random subset")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="test, or val: the validation split the model's run held out (default: test)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: classify each image by the softmax "
+                                                      "averaged over it and its four one-pixel shifts (5 solves)")
     _add_common_eval(p)
 
     p = sub.add_parser("predict", help="classify your own images: photos, scans or drawings (top-3 classes)")
@@ -156,6 +160,8 @@ def cmd_train(args) -> int:
         distributed.shutdown(ctx)
     if ctx.is_main:
         done = f"done: test accuracy after the last epoch {summary['final_test_acc']:.4f}"
+        if "final_test_acc_tta" in summary:
+            done += f" ({summary['final_test_acc_tta']:.4f} with test-time augmentation)"
         if "best_epoch" in summary:
             done += f"; best.pt is epoch {summary['best_epoch']} (validation accuracy {summary['best_val_acc']:.4f})"
         print(f"{done}; run folder {run}")
@@ -186,22 +192,29 @@ def _train_run(args):
 
 def cmd_evaluate(args) -> int:
     from .checkpoint import open_model
-    from .data import class_names
-    from .evaluate import run_eval
+    from .data import background_value, class_names
+    from .evaluate import TTA_SHIFTS, run_eval
 
-    m = open_model(args.model, args.device, test=True, data_dir=args.data_dir, test_subset=args.test_subset)
+    if args.split == "val" and args.test_subset is not None:
+        raise OdenetError("--test-subset chooses test images: it does not go with --split val")
+    m = open_model(args.model, args.device, test=args.split == "test", data_dir=args.data_dir,
+                   test_subset=args.test_subset)
     cfg, state, ck_path = m.cfg, m.state, m.path
     names = class_names(cfg.dataset)
-    ev = run_eval(m.model, m.test, args.batch_size, len(names))
-    result = {"split": "test", "checkpoint": str(ck_path), "checkpoint_epoch": state["epoch"],
+    split = m.test if args.split == "test" else m.val_split(args.data_dir)
+    ev = run_eval(m.model, split, args.batch_size, len(names),
+                  tta_background=background_value(cfg.dataset) if args.tta else None)
+    result = {"split": args.split, "checkpoint": str(ck_path), "checkpoint_epoch": state["epoch"],
               "chosen_by": m.chosen_by, "dataset": cfg.dataset, "solver": cfg.solver, "n": ev["n"],
+              "views": len(TTA_SHIFTS) if args.tta else 1,
               "accuracy": ev["acc"], "loss": ev["loss"], "nfe_mean": ev["nfe"],
               "images_per_s": ev["images_per_s"], "per_class_accuracy": dict(zip(names, ev["per_class_acc"]))}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{cfg.dataset} test set ({ev['n']} images); {ck_path.name} after epoch {state['epoch']} "
-              f"({m.chosen_by}); solver {cfg.solver}")
+        print(f"{cfg.dataset} {'test' if args.split == 'test' else 'validation'} set ({ev['n']} images); {ck_path.name} after epoch {state['epoch']} "
+              f"({m.chosen_by}); solver {cfg.solver}"
+              + ("; test-time augmentation: each image and its four one-pixel shifts" if args.tta else ""))
         print(f"accuracy {ev['acc']:.4f}  loss {ev['loss']:.4f}  mean NFE {ev['nfe']:.1f}  {ev['images_per_s']:.0f} images/s")
         print("per-class accuracy: " + "  ".join(f"{n}: {a:.4f}" for n, a in zip(names, ev["per_class_acc"])))
     return 0

@@ -61,6 +61,11 @@ class Config:
                              "in the loss (Finlay et al. 2020; native solvers; 0: off)")
     val_size: int = _s(0, "training images held out as a validation split that chooses best.pt; 0 trains on all of "
                           "them and evaluate/predict use the final model")
+    tta: bool = _s(False, "also report the last epoch's test accuracy with test-time augmentation: the softmax averaged "
+                          "over each image and its four one-pixel shifts (five solves per image)", switches={
+        True: "also report the last epoch's test accuracy with test-time augmentation (the image and its four "
+              "one-pixel shifts)",
+        False: "no test-time augmentation (overrides a --config file)"})
     t_end: float = _s(1.0, "final integration time T")
     arch: str = _s("seed", "architecture: seed (SPEC.md's model) or paper (Chen et al.'s conv ODE-Net: an ODE on a "
                            "6x6 feature map of --ode-dim channels; docs/table1.md)")

@@ -226,6 +226,18 @@ def random_affine(x: torch.Tensor, rotate: float, translate: float, scale: float
     return out + background
 
 
+def shift_images(x: torch.Tensor, dx: int, dy: int, background: float) -> torch.Tensor:
+    """``x`` ``(B, C, H, W)`` moved ``dx`` pixels right and ``dy`` pixels down (negative: left, up), exactly,
+    without interpolation; the uncovered border takes the value ``background``. ``|dx| < W``, ``|dy| < H``."""
+    B, C, H, W = x.shape
+    if not (abs(dx) < W and abs(dy) < H):
+        raise ValueError(f"a shift of ({dx}, {dy}) pixels leaves nothing of a {H}x{W} image")
+    out = torch.full_like(x, background)
+    out[:, :, max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
+        x[:, :, max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
+    return out
+
+
 def _smooth_field(n: int, size: Tuple[int, int], sigma: float, device: torch.device, dtype: torch.dtype,
                   draw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """``n`` random smooth fields ``(n, 2, H, W)``: white noise blurred by a Gaussian of ``sigma`` pixels, with

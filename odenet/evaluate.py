@@ -3,28 +3,55 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import Split, normalize
+from .data import Split, normalize, shift_images
 from .model import NeuralODEModel
 from .ood import OODDetector, logits_and_features, verdict
 
 
+# Test-time augmentation: the image and its four one-pixel shifts (chosen on a validation split, docs/accuracy.md)
+TTA_SHIFTS: Tuple[Tuple[int, int], ...] = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def classify(model: NeuralODEModel, x: torch.Tensor, tta_background: Optional[float] = None,
+             shifts: Sequence[Tuple[int, int]] = TTA_SHIFTS) -> Tuple[torch.Tensor, int]:
+    """Scores ``(B, classes)`` of the images ``x`` ``(B, 1, H, W)`` and the forward NFE spent on them.
+
+    The scores are the logits, or with ``tta_background`` (the normalized value of a black pixel, which fills the
+    border a shift uncovers: ``data.background_value``) the log of the softmax averaged over the images moved by
+    each of ``shifts`` (``(dx, dy)`` pixels, right and down), one solve each. Either way, their argmax is the
+    prediction and their cross-entropy the loss."""
+    if tta_background is None:
+        logits = model(x)
+        return logits, model.stats.nfe_forward
+    probs: Union[torch.Tensor, float] = 0.0
+    nfe = 0
+    for dx, dy in shifts:
+        probs = probs + model(shift_images(x, dx, dy, tta_background)).softmax(1)
+        nfe += model.stats.nfe_forward
+    return torch.log(probs / len(shifts)), nfe
+
+
 @torch.no_grad()
-def run_eval(model: NeuralODEModel, split: Split, batch_size: int = 1000, num_classes: int = 10) -> Dict:
-    """Loss, accuracy, mean forward NFE per batch, per-class accuracy, images/s and the predictions."""
+def run_eval(model: NeuralODEModel, split: Split, batch_size: int = 1000, num_classes: int = 10,
+             tta_background: Optional[float] = None) -> Dict:
+    """Loss, accuracy, mean forward NFE per solve, per-class accuracy, images/s and the predictions.
+
+    With ``tta_background`` (the normalized value of a black pixel), each image is classified by
+    :func:`classify` over ``TTA_SHIFTS`` (five solves) instead of once; the loss is then that of the averaged probabilities."""
     model.eval()
-    total_loss, correct, nfe, batches = 0.0, 0, 0, 0
+    total_loss, correct, nfe, solves = 0.0, 0, 0, 0
     preds: List[torch.Tensor] = []
     start = time.perf_counter()
+    views = 1 if tta_background is None else len(TTA_SHIFTS)
     for x, y in split.batches(batch_size):
-        logits = model(x)
-        nfe += model.stats.nfe_forward
-        batches += 1
+        logits, spent = classify(model, x, tta_background)
+        nfe, solves = nfe + spent, solves + views
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         p = logits.argmax(1)
         correct += (p == y).sum().item()
@@ -37,7 +64,7 @@ def run_eval(model: NeuralODEModel, split: Split, batch_size: int = 1000, num_cl
     for c in range(num_classes):
         mask = truth == c
         per_class.append(float((pred[mask] == c).float().mean()) if mask.any() else float("nan"))
-    return {"loss": total_loss / max(n, 1), "acc": correct / max(n, 1), "nfe": nfe / max(batches, 1),
+    return {"loss": total_loss / max(n, 1), "acc": correct / max(n, 1), "nfe": nfe / max(solves, 1),
             "per_class_acc": per_class, "images_per_s": n / seconds if seconds > 0 else float("inf"),
             "seconds": seconds, "n": n, "pred": pred}
 

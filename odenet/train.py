@@ -36,7 +36,7 @@ EpochHook = Callable[[Path, List[Dict]], None]
 
 
 # What ``--resume`` (and ``fit(resume=...)``) may change: everything else continues as the run was saved.
-RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "report", "tensorboard")
+RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "report", "tensorboard", "tta")
 
 
 def resume_config(run: Path, changes: Dict) -> Config:
@@ -398,6 +398,12 @@ def _evaluate_epoch(st: _State, totals: _Totals, seconds: float, epoch: int, ran
         record.update(val_loss=ev["loss"], val_acc=ev["acc"])
     ev = run_eval(st.eval_model, test_set, st.cfg.eval_batch_size, n_classes)
     record.update(test_loss=ev["loss"], test_acc=ev["acc"], nfe_test=ev["nfe"], eval_seconds=ev["seconds"])
+    if epoch + 1 == st.cfg.epochs and st.cfg.tta:  # five solves per image: the last epoch only
+        background = background_value(st.cfg.dataset)
+        for name, split in (("val", val_set), ("test", test_set)):
+            if split is not None:
+                ev = run_eval(st.eval_model, split, st.cfg.eval_batch_size, n_classes, tta_background=background)
+                record.update({f"{name}_loss_tta": ev["loss"], f"{name}_acc_tta": ev["acc"]})
     if epoch + 1 == st.cfg.epochs:  # what the flow contributes, recorded with the last epoch (last.pt keeps it)
         c = contribution(st.eval_model, test_set, st.cfg.eval_batch_size)
         record["flow"] = {k: v for k, v in c.items() if k != "examples"}
@@ -424,9 +430,13 @@ def _log_epoch(record: Dict, epochs: int, log: Callable[[str], None], writer) ->
         f"{val_text}test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}  "
         f"NFE fwd {record['nfe_forward']:.1f} bwd {record['nfe_backward']:.1f}  "
         f"{record['epoch_seconds']:.1f}s ({record['images_per_s']:.0f} img/s)")
+    if "test_acc_tta" in record:
+        val_text = f"val acc {record['val_acc_tta']:.4f}  " if "val_acc_tta" in record else ""
+        log(f"with test-time augmentation (each image and its four one-pixel shifts): {val_text}"
+            f"test loss {record['test_loss_tta']:.4f} acc {record['test_acc_tta']:.4f}")
     if writer is not None:
         for k, v in record.items():
-            if k != "epoch":
+            if k != "epoch" and isinstance(v, (int, float)):  # the last epoch's "flow" is a table, not a scalar
                 writer.add_scalar(k, v, record["epoch"])
         writer.flush()
 
@@ -439,6 +449,8 @@ def _summarize(run: Path, history: List[Dict], ctx: distributed.Context, validat
                "selection": "best.pt: highest validation accuracy" if validated else
                             "none: no validation split, the final model is the run's model",
                "total_train_seconds": sum(r["epoch_seconds"] for r in history)}
+    if history and "test_acc_tta" in history[-1]:
+        summary["final_test_acc_tta"] = history[-1]["test_acc_tta"]
     if validated and history:
         best = max(history, key=lambda r: r["val_acc"])
         summary.update(best_epoch=best["epoch"], best_val_acc=best["val_acc"], test_acc_at_best=best["test_acc"])

@@ -419,3 +419,26 @@ def test_linear_schedule_decays_per_batch_to_zero_after_its_warm_up():
     cosine = Config(lr=0.01, epochs=3)  # the seed's schedule: one value per epoch, from lr down a cosine
     assert [step_lr(cosine, e, b, n) for e in range(3) for b in (0, n - 1)] == pytest.approx(
         [0.01, 0.01, 0.0075, 0.0075, 0.0025, 0.0025])
+
+
+def test_tensorboard_gets_every_number_of_a_record_and_skips_its_tables():
+    from odenet.train import _log_epoch
+
+    class Writer:
+        def __init__(self):
+            self.scalars, self.flushed = {}, False
+
+        def add_scalar(self, k, v, step):
+            assert isinstance(v, (int, float)), k  # SummaryWriter.add_scalar refuses a dict
+            self.scalars[k] = (v, step)
+
+        def flush(self):
+            self.flushed = True
+
+    record = {"epoch": 3, "train_loss": 0.5, "train_acc": 0.9, "test_loss": 0.4, "test_acc": 0.95,
+              "nfe_forward": 14.0, "nfe_backward": 14.0, "epoch_seconds": 2.0, "images_per_s": 100.0,
+              "test_acc_tta": 0.96, "test_loss_tta": 0.39, "flow": {"acc_zT": 0.95}}
+    w, logged = Writer(), []
+    _log_epoch(record, 3, logged.append, w)
+    assert set(w.scalars) == set(record) - {"epoch", "flow"} and w.scalars["test_acc_tta"] == (0.96, 3) and w.flushed
+    assert len(logged) == 2 and "acc 0.9600" in logged[1]
