@@ -91,11 +91,11 @@ def test_accuracy_md_special_rows():
 
 
 def test_accuracy_md_v6_row_and_seeds():
-    """Recipe v6's six seeds (its row) and the five-seed sentence of issue 30's goal 3."""
+    """Recipe v6's eight seeds (its row) and the five-seed sentence of the best recipe's goal."""
     md = (ROOT / "docs" / "accuracy.md").read_text()
-    cells = row(md, "recipe v6")
+    cells = row(md, "recipe v6 = ")
+    check(percents(cells[3]), [f"mnist-v6-seed{s}" for s in range(8)], mean_std(cells[4]))
     runs = [f"mnist-v6-seed{s}" for s in range(6)]
-    check(percents(cells[3]), runs, mean_std(cells[4]))
     m = re.search(rf"\*\*{NUM}, {NUM}, {NUM}, {NUM}, {NUM},\s+{NUM}%\*\*\. Over seeds 0–4 \(the five of the goal\): \*\*mean {NUM}% ± {NUM},",
                   " ".join(md.split()))
     assert m, "the six-seed sentence of docs/accuracy.md is gone or reworded"
@@ -171,3 +171,71 @@ def test_accuracy_md_five_seeds_of_the_best_recipe():
     assert m, "the five-seed sentence of docs/accuracy.md is gone or reworded"
     values = [float(v) for v in m.groups()]
     check(values[:5], [f"mnist-v5-seed{s}" for s in range(5)], (values[5], values[6]))
+
+
+def tta(record: str, models, views: str = "5 views (--tta)") -> list:
+    """Accuracies (percent) of ``models`` with ``views`` in the test-time augmentation record ``record``."""
+    rows = {r["model"]: r["accuracy"] for r in json.loads((RUNS / record).read_text())}
+    return [rows[m][views] for m in models]
+
+
+V6 = [f"mnist-v6-seed{s}" for s in range(8)]
+VIEWS = ("1 view", "5 views (--tta)", "9 views")
+
+
+def test_tta_records_match_the_runs_and_the_docs_tables():
+    md = (ROOT / "docs" / "accuracy.md").read_text()
+    assert tta("mnist-v6-tta.json", V6, "1 view") == [round(100 * last(r), 2) for r in V6]  # the same models
+    cells = row(md, "recipe v6 with test-time augmentation")
+    values = percents(cells[3])
+    assert values == tta("mnist-v6-tta.json", V6)
+    mean, std = mean_std(cells[4])
+    assert (mean, std) == (round(statistics.mean(values), 2), round(statistics.stdev(values), 2))
+    m = re.search(rf"seeds 0–4: {NUM}% ± {NUM}\)", cells[4])
+    assert (float(m.group(1)), float(m.group(2))) == (round(statistics.mean(values[:5]), 2),
+                                                      round(statistics.stdev(values[:5]), 2))
+    val = json.loads((RUNS / "mnist-val-tta.json").read_text())
+    for label, r in (("v6 (`mnist-val-e30-seed0`)", val[0]), ("v5 for 30 epochs, the last 6 plain |", val[1]),
+                     ("v6 + weight decay 0.1 |", val[2]), ("v6 + stronger augmentation |", val[3]),
+                     ("v6 + learning rate 6e-3 |", val[4]), ("v6 + EMA decay 0.999 |", val[5])):
+        lines = [line for line in md.splitlines() if line.count("|") == 5]  # the 4-column validation table
+        cells = row("\n".join(lines), label.rstrip(" |"))
+        assert [percents(c)[0] for c in cells[1:4]] == [r["accuracy"][v] for v in VIEWS], label
+        assert r["split"] == "val" and r["n"] == 5000
+        assert r["accuracy"]["1 view"] == round(100 * last(r["model"], "val_acc"), 2)
+    gains = [statistics.mean(r["accuracy"][v] - r["accuracy"]["1 view"] for r in val) for v in VIEWS[1:]]
+    cells = row(md, "mean gain over 1 view")
+    assert [float(x) for x in re.findall(r"\+(\d\.\d+) pp", " ".join(cells))] == [round(g, 3) for g in gains]
+    assert gains[0] > gains[1]  # what chose five views
+    seeds_row = row(md, "v6 seeds 0–7")
+    for cell, v in zip(seeds_row[1:4], VIEWS):
+        assert [float(x) for x in re.findall(r"\d+\.\d+", cell)] == tta("mnist-v6-tta.json", V6, v), v
+    ema = [f"mnist-v6-ema999-seed{s}" for s in range(4)]
+    ema_row = row(md, "v6 + EMA 0.999, seeds 0–3")
+    for cell, v in zip(ema_row[1:4], VIEWS):
+        assert [float(x) for x in re.findall(r"\d+\.\d+", cell)] == tta("mnist-v6-tta.json", ema, v), v
+    text = " ".join(md.split())
+    m = re.search(rf"seeds 0–4 give \*\*{NUM}, {NUM}, {NUM}, {NUM}, {NUM}%, mean {NUM}% ± {NUM}\*\* \({NUM} before "
+                  rf"rounding\), the weakest seed {NUM}%; all eight seeds: {NUM}% ± {NUM}\. One view gives {NUM}% \(seeds 0–4\) "
+                  rf"and {NUM}% \(all eight\)", text)
+    assert m, "the goal sentence of the test-time augmentation section is gone or reworded"
+    g = [float(x) for x in m.groups()]
+    five = tta("mnist-v6-tta.json", V6[:5])
+    assert g[:5] == five and g[5:7] == [round(statistics.mean(five), 2), round(statistics.stdev(five), 2)]
+    assert g[7] == pytest.approx(statistics.mean(five), abs=1e-9) and g[7] >= 99.60 and g[8] == min(five) >= 99.50
+    every = tta("mnist-v6-tta.json", V6)
+    assert g[9:11] == [round(statistics.mean(every), 2), round(statistics.stdev(every), 2)]
+    assert g[11:13] == [round(statistics.mean(100 * last(r) for r in runs), 2) for runs in (V6[:5], V6)]
+
+
+def test_readme_quotes_tta():
+    md = " ".join((ROOT / "README.md").read_text().split())
+    m = re.search(rf"seeds 0–7, \*\*{NUM}%, {NUM}%, {NUM}%, {NUM}%, {NUM}%, {NUM}%, {NUM}%, {NUM}%\*\* \(seeds 0–4: mean "
+                  rf"\*\*{NUM}% ± {NUM}\*\*, none under 99.5%; one view, seeds 0–7: {NUM}% ± {NUM}\)", md)
+    assert m, "README's test-time augmentation sentence is gone or reworded"
+    g = [float(x) for x in m.groups()]
+    every = tta("mnist-v6-tta.json", V6)
+    assert g[:8] == every and min(every[:5]) >= 99.5
+    assert g[8:10] == [round(statistics.mean(every[:5]), 2), round(statistics.stdev(every[:5]), 2)]
+    one = [100 * last(r) for r in V6]
+    assert g[10:12] == [round(statistics.mean(one), 2), round(statistics.stdev(one), 2)]
