@@ -4,7 +4,7 @@
 
 Views: the image alone; the image and its four one-pixel shifts (odenet's ``--tta``, ``TTA_SHIFTS``); the image
 and all eight one-pixel neighbours. Each model is classified by the softmax averaged over the views
-(``odenet.evaluate.classify``). Prints one markdown row per model (named by its run folder, or its file for a
+(``NeuralODEModel.predict(x, tta=...)``). Prints one markdown row per model (named by its run folder, or its file for a
 checkpoint) and the mean gain of each set over one view; ``--json`` also writes the rows to FILE.
 """
 import argparse
@@ -16,20 +16,18 @@ from pathlib import Path
 import torch
 
 from odenet.checkpoint import open_model
-from odenet.data import background_value
+from odenet.data import TTA_SHIFTS
 from odenet.errors import OdenetError
-from odenet.evaluate import TTA_SHIFTS, classify
 
-VIEWS = {"1 view": None, "5 views (--tta)": TTA_SHIFTS,
+VIEWS = {"1 view": False, "5 views (--tta)": TTA_SHIFTS,
          "9 views": tuple((dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1))}
 
 
 @torch.no_grad()
-def accuracy(model, split, shifts, background) -> float:
+def accuracy(model, split, shifts) -> float:
     correct = 0
     for x, y in split.batches(1000):
-        scores, _ = classify(model, x, None if shifts is None else background, shifts or TTA_SHIFTS)
-        correct += (scores.argmax(1) == y).sum().item()
+        correct += (model.predict(x, tta=shifts).argmax(1) == y).sum().item()
     return 100.0 * correct / len(split)
 
 
@@ -49,8 +47,7 @@ def main() -> None:
     for ref in a.models:
         m = open_model(ref, "cpu", test=a.split == "test", data_dir=a.data_dir)
         split = m.test if a.split == "test" else m.val_split(a.data_dir)
-        bg = background_value(m.cfg.dataset)
-        accs = {k: accuracy(m.model, split, shifts, bg) for k, shifts in VIEWS.items()}
+        accs = {k: accuracy(m.model, split, shifts) for k, shifts in VIEWS.items()}
         for k in VIEWS:
             gains[k].append(accs[k] - accs["1 view"])
         name = Path(ref).name if Path(ref).is_dir() else str(ref)

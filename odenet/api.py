@@ -28,11 +28,8 @@ def load(source: Optional[Union[str, Path]] = None, device: str = "cpu") -> Neur
     when chosen on a validation split, else ``last.pt``) or a checkpoint file (``.pt``, or ``.safetensors`` from
     ``odenet export``). ``model.dataset`` and ``model.classes`` name what it was trained on."""
     from .checkpoint import open_model
-    from .data import class_names
 
-    model, cfg, *_ = open_model(source, device)
-    model.dataset, model.classes = cfg.dataset, class_names(cfg.dataset)
-    return model
+    return open_model(source, device).model  # NeuralODEModel.from_config names its dataset and classes
 
 
 def preprocess(images: Union[ImageLike, Sequence[ImageLike]], dataset: str = "mnist") -> torch.Tensor:

@@ -192,8 +192,8 @@ def _train_run(args):
 
 def cmd_evaluate(args) -> int:
     from .checkpoint import open_model
-    from .data import background_value, class_names
-    from .evaluate import TTA_SHIFTS, run_eval
+    from .data import TTA_SHIFTS, class_names
+    from .evaluate import run_eval
 
     if args.split == "val" and args.test_subset is not None:
         raise OdenetError("--test-subset chooses test images: it does not go with --split val")
@@ -203,7 +203,7 @@ def cmd_evaluate(args) -> int:
     names = class_names(cfg.dataset)
     split = m.test if args.split == "test" else m.val_split(args.data_dir)
     ev = run_eval(m.model, split, args.batch_size, len(names),
-                  tta_background=background_value(cfg.dataset) if args.tta else None)
+                  tta=args.tta)
     result = {"split": args.split, "checkpoint": str(ck_path), "checkpoint_epoch": state["epoch"],
               "chosen_by": m.chosen_by, "dataset": cfg.dataset, "solver": cfg.solver, "n": ev["n"],
               "views": len(TTA_SHIFTS) if args.tta else 1,

@@ -226,6 +226,12 @@ def random_affine(x: torch.Tensor, rotate: float, translate: float, scale: float
     return out + background
 
 
+# Test-time augmentation's views: the image and its four one-pixel shifts, ``(dx, dy)`` pixels right and down
+# (chosen on a validation split: docs/accuracy.md)
+TTA_SHIFTS: Tuple[Tuple[int, int], ...] = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+MAX_TTA_VIEWS = 64
+
+
 def shift_images(x: torch.Tensor, dx: int, dy: int, background: float) -> torch.Tensor:
     """``x`` ``(B, C, H, W)`` moved ``dx`` pixels right and ``dy`` pixels down (negative: left, up), exactly,
     without interpolation; the uncovered border takes the value ``background``. ``|dx| < W``, ``|dy| < H``."""

@@ -3,54 +3,42 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import Split, normalize, shift_images
+from .data import TTA_SHIFTS, Split, normalize
 from .model import NeuralODEModel
 from .ood import OODDetector, logits_and_features, verdict
 
 
-# Test-time augmentation: the image and its four one-pixel shifts (chosen on a validation split, docs/accuracy.md)
-TTA_SHIFTS: Tuple[Tuple[int, int], ...] = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
-
-
-def classify(model: NeuralODEModel, x: torch.Tensor, tta_background: Optional[float] = None,
-             shifts: Sequence[Tuple[int, int]] = TTA_SHIFTS) -> Tuple[torch.Tensor, int]:
-    """Scores ``(B, classes)`` of the images ``x`` ``(B, 1, H, W)`` and the forward NFE spent on them.
-
-    The scores are the logits, or with ``tta_background`` (the normalized value of a black pixel, which fills the
-    border a shift uncovers: ``data.background_value``) the log of the softmax averaged over the images moved by
-    each of ``shifts`` (``(dx, dy)`` pixels, right and down), one solve each. Either way, their argmax is the
-    prediction and their cross-entropy the loss."""
-    if tta_background is None:
-        logits = model(x)
-        return logits, model.stats.nfe_forward
-    probs: Union[torch.Tensor, float] = 0.0
-    nfe = 0
-    for dx, dy in shifts:
-        probs = probs + model(shift_images(x, dx, dy, tta_background)).softmax(1)
-        nfe += model.stats.nfe_forward
-    return torch.log(probs / len(shifts)), nfe
+def classify(model: NeuralODEModel, x: torch.Tensor, tta: bool = False) -> Tuple[torch.Tensor, int]:
+    """Scores ``(B, classes)`` of the images ``x`` ``(B, 1, H, W)`` and the forward NFE spent on them: the logits,
+    or with ``tta`` the log of ``model.predict(x, tta=True)`` (the softmax averaged over five views, one solve
+    each). Either way their argmax is the prediction and their cross-entropy the loss."""
+    if tta:
+        probs = model.predict(x, tta=True)
+        return torch.log(probs), model.stats.nfe_forward
+    logits = model(x)
+    return logits, model.stats.nfe_forward
 
 
 @torch.no_grad()
 def run_eval(model: NeuralODEModel, split: Split, batch_size: int = 1000, num_classes: int = 10,
-             tta_background: Optional[float] = None) -> Dict:
+             tta: bool = False) -> Dict:
     """Loss, accuracy, mean forward NFE per solve, per-class accuracy, images/s and the predictions.
 
-    With ``tta_background`` (the normalized value of a black pixel), each image is classified by
-    :func:`classify` over ``TTA_SHIFTS`` (five solves) instead of once; the loss is then that of the averaged probabilities."""
+    With ``tta``, each image is classified by the softmax averaged over it and its four one-pixel shifts
+    (:func:`classify`, five solves); the loss is then that of the averaged probabilities."""
     model.eval()
     total_loss, correct, nfe, solves = 0.0, 0, 0, 0
     preds: List[torch.Tensor] = []
     start = time.perf_counter()
-    views = 1 if tta_background is None else len(TTA_SHIFTS)
+    views = len(TTA_SHIFTS) if tta else 1
     for x, y in split.batches(batch_size):
-        logits, spent = classify(model, x, tta_background)
+        logits, spent = classify(model, x, tta)
         nfe, solves = nfe + spent, solves + views
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         p = logits.argmax(1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 from contextlib import contextmanager
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from torch.nn.modules import module as _hooks
 
 from . import paper
 from .config import ARCHS, MAX_PAPER_WIDTH, Config
+from .data import MAX_TTA_VIEWS, TTA_SHIFTS, background_value, class_names, shift_images
 from .errors import OdenetError
 from .ode import Solver, Stats, integrate
 
@@ -265,6 +266,22 @@ class ODEBlock(nn.Module):
         return sol.ys[1:] if late else sol.ys
 
 
+def _tta_shifts(tta) -> Tuple[Tuple[int, int], ...]:
+    """``predict``'s views: ``TTA_SHIFTS`` for True, else the given ``(dx, dy)`` pairs, checked before any solve."""
+    if tta is True:
+        return TTA_SHIFTS
+    try:
+        shifts = tuple((int(dx), int(dy)) for dx, dy in tta) if len(tta) <= MAX_TTA_VIEWS else None
+        exact = shifts is not None and all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                           for pair in tta for v in pair)
+    except (TypeError, ValueError):
+        shifts, exact = None, False
+    if not shifts or not exact or any(abs(dx) >= 28 or abs(dy) >= 28 for dx, dy in shifts):
+        raise OdenetError(f"tta must be True, False or 1 to {MAX_TTA_VIEWS} (dx, dy) shifts of whole pixels, each "
+                          f"under 28, got {tta!r:.80}")
+    return shifts
+
+
 def _images(x: torch.Tensor, like: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A batch ``(B, 1, 28, 28)`` from images ``(B, 1, 28, 28)``, ``(B, 28, 28)`` or one ``(28, 28)``, cast to
     ``like``'s dtype and device (float64 or float16 input works with a float32 model)."""
@@ -332,8 +349,11 @@ class NeuralODEModel(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Config) -> "NeuralODEModel":
-        """The model a run of ``cfg`` trains (its ``arch``, ``ode_dim``, ``t_end`` and solver)."""
-        return cls(dim=cfg.ode_dim, arch=cfg.arch, t_end=cfg.t_end, solver=cfg.ode_solver())
+        """The model a run of ``cfg`` trains (its ``arch``, ``ode_dim``, ``t_end`` and solver), its ``dataset`` and
+        ``classes`` set."""
+        model = cls(dim=cfg.ode_dim, arch=cfg.arch, t_end=cfg.t_end, solver=cfg.ode_solver())
+        model.dataset, model.classes = cfg.dataset, class_names(cfg.dataset)
+        return model
 
     def forward(self, x: torch.Tensor, energy: bool = False):
         """Logits ``(B, 10)`` for images ``(B, 1, 28, 28)``; with ``energy`` also the flow's kinetic energy
@@ -380,10 +400,26 @@ class NeuralODEModel(nn.Module):
         return next((p for p in self.parameters() if p.is_floating_point()), None)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, tta: Union[bool, Sequence[Tuple[int, int]]] = False) -> torch.Tensor:
         """Class probabilities ``(B, classes)`` of images ``x`` as ``odenet.preprocess`` returns them
-        ``(B, 1, 28, 28)``."""
-        return torch.softmax(self(x), -1)
+        ``(B, 1, 28, 28)``. With ``tta`` (test-time augmentation), the probabilities averaged over the images moved
+        by each of ``odenet.data.TTA_SHIFTS`` (``True``: the image and its four one-pixel shifts) or of the given
+        ``(dx, dy)`` shifts in whole pixels, right and down, the border filled with black: one solve per view,
+        all of them counted in ``stats``."""
+        if tta is False:
+            return torch.softmax(self(x), -1)
+        shifts = _tta_shifts(tta)
+        x = _images(x, self._like())
+        background = background_value(self.dataset or "mnist")
+        total, probs = Stats(), torch.zeros(())
+        for dx, dy in shifts:
+            probs = probs + torch.softmax(self(shift_images(x, dx, dy, background)), -1)
+            s = self.stats
+            if s is not None:
+                total.add(False, s.nfe_forward, s.steps_forward, s.rejected_forward)
+                total.fast_forward = s.fast_forward
+        self.odeblock.stats = total
+        return probs / len(shifts)
 
     @torch.no_grad()
     def trajectory(self, x: torch.Tensor, t: Sequence[float]) -> torch.Tensor:

@@ -399,10 +399,9 @@ def _evaluate_epoch(st: _State, totals: _Totals, seconds: float, epoch: int, ran
     ev = run_eval(st.eval_model, test_set, st.cfg.eval_batch_size, n_classes)
     record.update(test_loss=ev["loss"], test_acc=ev["acc"], nfe_test=ev["nfe"], eval_seconds=ev["seconds"])
     if epoch + 1 == st.cfg.epochs and st.cfg.tta:  # five solves per image: the last epoch only
-        background = background_value(st.cfg.dataset)
         for name, split in (("val", val_set), ("test", test_set)):
             if split is not None:
-                ev = run_eval(st.eval_model, split, st.cfg.eval_batch_size, n_classes, tta_background=background)
+                ev = run_eval(st.eval_model, split, st.cfg.eval_batch_size, n_classes, tta=True)
                 record.update({f"{name}_loss_tta": ev["loss"], f"{name}_acc_tta": ev["acc"]})
     if epoch + 1 == st.cfg.epochs:  # what the flow contributes, recorded with the last epoch (last.pt keeps it)
         c = contribution(st.eval_model, test_set, st.cfg.eval_batch_size)

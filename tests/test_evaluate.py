@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from odenet import checkpoint
 from odenet.cli import main
 from odenet.config import Config
-from odenet.data import background_value, load_split, shift_images
-from odenet.evaluate import TTA_SHIFTS, classify, run_eval
+from odenet.data import TTA_SHIFTS, background_value, load_split, shift_images
+from odenet.errors import OdenetError
+from odenet.evaluate import classify, run_eval
 from odenet.model import NeuralODEModel
 from odenet.train import train
 
@@ -42,27 +43,61 @@ def _model_and_images(seed: int = 0):
 
 
 @torch.no_grad()
-def test_tta_scores_are_the_log_of_the_mean_softmax_over_the_shifted_images():
+def test_tta_is_the_mean_softmax_over_the_shifted_images_and_counts_every_solve():
     model, x = _model_and_images()
     plain, nfe_plain = classify(model, x)
     assert torch.equal(plain, model(x)) and nfe_plain == model.stats.nfe_forward
-    scores, nfe = classify(model, x, BG)
-    probs, nfe_ref = [], 0
+    scores, nfe = classify(model, x, tta=True)
+    probs, nfe_ref, steps_ref = [], 0, 0
     for dx, dy in TTA_SHIFTS:  # torch.roll as the independent reference for the shift
         probs.append(model(torch.roll(x, shifts=(dy, dx), dims=(2, 3))).softmax(1))
-        nfe_ref += model.stats.nfe_forward
+        nfe_ref, steps_ref = nfe_ref + model.stats.nfe_forward, steps_ref + model.stats.steps_forward
     ref = torch.stack(probs).mean(0)
     assert torch.allclose(scores.exp(), ref, atol=1e-6) and nfe == nfe_ref
     assert torch.allclose(scores.exp().sum(1), torch.ones(5), atol=1e-6)  # a distribution: the loss is its NLL
     assert not torch.allclose(scores.exp(), plain.softmax(1), atol=1e-4)  # the views do change the answer
+    p = model.predict(x, tta=True)
+    assert torch.allclose(p, ref, atol=1e-6) and model.stats.nfe_forward == nfe_ref
+    assert model.stats.steps_forward == steps_ref
+    assert torch.equal(model.predict(x, tta=[(0, 0)]), model.predict(x))  # one unshifted view: the plain answer
+    two = model.predict(x, tta=[(2, -1), (-3, 0)])
+    ref2 = (model(torch.roll(x, (-1, 2), (2, 3))).softmax(1) + model(torch.roll(x, (0, -3), (2, 3))).softmax(1)) / 2
+    assert not torch.allclose(two, ref2, atol=1e-6)  # a roll by more than the 1-pixel border wraps digits around
+    x3 = torch.full((5, 1, 28, 28), BG)
+    x3[:, :, 3:-3, 3:-3] = x[:, :, 3:-3, 3:-3]
+    two = model.predict(x3, tta=[(2, -1), (-3, 0)])
+    ref2 = (model(torch.roll(x3, (-1, 2), (2, 3))).softmax(1) + model(torch.roll(x3, (0, -3), (2, 3))).softmax(1)) / 2
+    assert torch.allclose(two, ref2, atol=1e-6)  # ... but not a 3-pixel border
+
+
+@pytest.mark.parametrize("tta", [[], [(0, 28)], [(0.5, 0)], [(True, 0)], [(1, 2, 3)], "ab", 3, None,
+                                 [(0, 0)] * 65])
+def test_predict_refuses_other_views_in_one_line_before_solving(tta):
+    model, x = _model_and_images()
+    model.odeblock.stats = None
+    with pytest.raises(OdenetError, match="tta must be True, False or 1 to 64") as e:
+        model.predict(x, tta=tta)
+    assert len(str(e.value).splitlines()) == 1 and model.stats is None  # nothing was solved
+
+
+@torch.no_grad()
+def test_tta_fills_with_the_black_of_the_models_dataset():
+    model = NeuralODEModel.from_config(Config(dataset="fashion-mnist")).eval()
+    assert model.dataset == "fashion-mnist" and model.classes[0] == "T-shirt/top"
+    bg = background_value("fashion-mnist")
+    assert bg != BG
+    x = torch.full((2, 1, 28, 28), bg)
+    x[:, :, 1:-1, 1:-1] = torch.randn(2, 1, 26, 26)
+    ref = torch.stack([model(torch.roll(x, (dy, dx), (2, 3))).softmax(1) for dx, dy in TTA_SHIFTS]).mean(0)
+    assert torch.allclose(model.predict(x, tta=True), ref, atol=1e-6)
 
 
 @torch.no_grad()
 def test_run_eval_with_tta_reports_the_averaged_predictions_and_the_nfe_per_solve(synth_dir):
     split = load_split("mnist", str(synth_dir), False, torch.device("cpu"), verify=False)
     model, _ = _model_and_images(1)
-    ev = run_eval(model, split, batch_size=50, tta_background=BG)
-    scores, nfe = zip(*(classify(model, x, BG) for x, _ in split.batches(50)))
+    ev = run_eval(model, split, batch_size=50, tta=True)
+    scores, nfe = zip(*(classify(model, x, tta=True) for x, _ in split.batches(50)))
     scores = torch.cat(scores)
     assert ev["acc"] == (scores.argmax(1) == split.y).sum().item() / len(split)
     assert ev["loss"] == pytest.approx(F.cross_entropy(scores, split.y).item(), rel=1e-6)
