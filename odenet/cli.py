@@ -202,8 +202,7 @@ def cmd_evaluate(args) -> int:
     cfg, state, ck_path = m.cfg, m.state, m.path
     names = class_names(cfg.dataset)
     split = m.test if args.split == "test" else m.val_split(args.data_dir)
-    ev = run_eval(m.model, split, args.batch_size, len(names),
-                  tta=args.tta)
+    ev = run_eval(m.model, split, args.batch_size, len(names), tta=args.tta)
     result = {"split": args.split, "checkpoint": str(ck_path), "checkpoint_epoch": state["epoch"],
               "chosen_by": m.chosen_by, "dataset": cfg.dataset, "solver": cfg.solver, "n": ev["n"],
               "views": len(TTA_SHIFTS) if args.tta else 1,
@@ -212,9 +211,9 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{cfg.dataset} {'test' if args.split == 'test' else 'validation'} set ({ev['n']} images); {ck_path.name} after epoch {state['epoch']} "
-              f"({m.chosen_by}); solver {cfg.solver}"
-              + ("; test-time augmentation: each image and its four one-pixel shifts" if args.tta else ""))
+        views = "; test-time augmentation: each image and its four one-pixel shifts" if args.tta else ""
+        print(f"{cfg.dataset} {'test' if args.split == 'test' else 'validation'} set ({ev['n']} images); "
+              f"{ck_path.name} after epoch {state['epoch']} ({m.chosen_by}); solver {cfg.solver}{views}")
         print(f"accuracy {ev['acc']:.4f}  loss {ev['loss']:.4f}  mean NFE {ev['nfe']:.1f}  {ev['images_per_s']:.0f} images/s")
         print("per-class accuracy: " + "  ".join(f"{n}: {a:.4f}" for n, a in zip(names, ev["per_class_acc"])))
     return 0

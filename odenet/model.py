@@ -411,9 +411,10 @@ class NeuralODEModel(nn.Module):
         shifts = _tta_shifts(tta)
         x = _images(x, self._like())
         background = background_value(self.dataset or "mnist")
-        total, probs = Stats(), torch.zeros(())
+        total, probs = Stats(), None
         for dx, dy in shifts:
-            probs = probs + torch.softmax(self(shift_images(x, dx, dy, background)), -1)
+            p = torch.softmax(self(shift_images(x, dx, dy, background)), -1)
+            probs = p if probs is None else probs + p
             s = self.stats
             if s is not None:
                 total.add(False, s.nfe_forward, s.steps_forward, s.rejected_forward)

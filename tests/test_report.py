@@ -1,5 +1,6 @@
 """The six figures and the HTML report, on a tiny trained model."""
 import base64
+import json
 import re
 
 import numpy as np
@@ -21,7 +22,7 @@ def tiny_run(synth_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("rep")
     cfg = Config(epochs=2, batch_size=32, lr=3e-3, data_dir=str(synth_dir), verify_data=False, out=str(out),
-                 name="r", device="cpu", report=False)
+                 name="r", device="cpu", report=False, tta=True)
     run = out / "r"
 
     def look(run_dir, history):  # the history figure as it is on disk after each epoch's hooks
@@ -91,6 +92,9 @@ def test_report_writes_six_pngs_and_self_contained_html(tiny_run, capsys):
     assert "http://" not in page and "https://" not in page
     assert "NeuralODEModel(" in page and "dopri5" in page
     assert "how far the ODE moves a state" in page and "kinetic energy" in page
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (f"with test-time augmentation (the image and its four one-pixel shifts)</th><td>{last['test_loss_tta']:.4f} / "
+            f"{last['test_acc_tta']:.4f}<") in page
     # the flow's section reads the same model: the classifier on z(T) is the checkpoint's test accuracy
     on_zT = re.search(r"classifier on z\(T\)</th><td>([0-9.]+)<", page).group(1)
     assert on_zT == re.search(r"test accuracy \(checkpoint\)</th><td>([0-9.]+) on", page).group(1)
