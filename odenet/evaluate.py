@@ -80,13 +80,15 @@ class Prediction:
 
 @torch.no_grad()
 def predict(model: NeuralODEModel, images: Sequence[np.ndarray], dataset: str, top: int = 3,
-            detector: Optional[OODDetector] = None) -> List[Prediction]:
-    """Top-``top`` classes of each 28x28 uint8 image, with ``detector``'s score when one is given."""
+            detector: Optional[OODDetector] = None, tta: bool = False) -> List[Prediction]:
+    """Top-``top`` classes of each 28x28 uint8 image, with ``detector``'s score when one is given. With ``tta`` the
+    probabilities are ``model.predict(x, tta=True)``'s (five views); the score stays the image's own."""
     model.eval()
     device = next(model.parameters()).device
     x = normalize(torch.from_numpy(np.stack(images)), dataset).to(device)
     logits, feats = logits_and_features(model, x)
-    p, i = F.softmax(logits, dim=1).cpu().topk(top, dim=1)
+    probs = model.predict(x, tta=True) if tta else F.softmax(logits, dim=1)
+    p, i = probs.cpu().topk(top, dim=1)
     scores = detector.score(feats).cpu().tolist() if detector is not None else [None] * len(x)
     thr = detector.threshold if detector is not None else None
     return [Prediction([(int(c), float(q)) for c, q in zip(ii, pp)], s, thr) for ii, pp, s in zip(i, p, scores)]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from odenet import checkpoint
 from odenet.cli import main
 from odenet.config import Config
-from odenet.data import TTA_SHIFTS, background_value, load_split, shift_images
+from odenet.data import TTA_SHIFTS, background_value, load_split, normalize, shift_images
 from odenet.errors import OdenetError
 from odenet.evaluate import classify, run_eval
 from odenet.model import NeuralODEModel
@@ -143,3 +143,33 @@ def test_evaluate_val_split_refusals_are_one_line(tiny_config, capsys):
         assert main(["evaluate", "--model", run, *argv]) == 1
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1
+
+
+def test_predict_command_with_tta_shows_the_averaged_probabilities(tiny_config, tmp_path, capsys):
+    from PIL import Image
+
+    from conftest import synthetic_digits
+    from odenet.images import prepare_image
+
+    cfg = tiny_config
+    cfg.solver, cfg.step_size, cfg.epochs, cfg.lr = "rk4", 0.5, 2, 3e-3
+    train(cfg, Path(cfg.out) / cfg.name, progress=False, log=lambda m: None)
+    last = str(Path(cfg.out) / cfg.name / "checkpoints" / "last.pt")
+    digits, _ = synthetic_digits(2, seed=5)
+    paths = []
+    for k, d in enumerate(digits):
+        paths.append(tmp_path / f"d{k}.png")
+        Image.fromarray(d).resize((112, 112)).save(paths[-1])
+    outs = {}
+    for flag in ([], ["--tta"]):
+        assert main(["predict", *map(str, paths), "--model", last, "--json", "--top", "10", *flag]) == 0
+        outs[bool(flag)] = json.loads(capsys.readouterr().out)
+    model, _, _ = checkpoint.load_model(last)
+    x = normalize(torch.from_numpy(np.stack([prepare_image(str(p)) for p in paths])), "mnist")
+    for tta, out in outs.items():
+        ref = model.predict(x, tta=tta)
+        for r, q in zip(out, ref):
+            got = {t["class"]: t["probability"] for t in r["top"]}
+            assert got == pytest.approx({str(c): float(v) for c, v in enumerate(q)}, abs=1e-6)
+    assert [r["ood_score"] for r in outs[True]] == [r["ood_score"] for r in outs[False]]  # the image's own score
+    assert outs[True] != outs[False]
