@@ -4,7 +4,7 @@
 
 Views: the image alone; the image and its four one-pixel shifts (odenet's ``--tta``, ``TTA_SHIFTS``); the image
 and all eight one-pixel neighbours. Each model is classified by the softmax averaged over the views
-(``NeuralODEModel.predict(x, tta=...)``). Prints one markdown row per model (named by its run folder, or its file for a
+(``odenet.evaluate.run_eval(..., tta=...)``). Prints one markdown row per model (named by its run folder, or its file for a
 checkpoint) and the mean gain of each set over one view; ``--json`` also writes the rows to FILE.
 """
 import argparse
@@ -18,17 +18,10 @@ import torch
 from odenet.checkpoint import open_model
 from odenet.data import TTA_SHIFTS
 from odenet.errors import OdenetError
+from odenet.evaluate import run_eval
 
 VIEWS = {"1 view": False, "5 views (--tta)": TTA_SHIFTS,
          "9 views": tuple((dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1))}
-
-
-@torch.no_grad()
-def accuracy(model, split, shifts) -> float:
-    correct = 0
-    for x, y in split.batches(1000):
-        correct += (model.predict(x, tta=shifts).argmax(1) == y).sum().item()
-    return 100.0 * correct / len(split)
 
 
 def main() -> None:
@@ -47,7 +40,7 @@ def main() -> None:
     for ref in a.models:
         m = open_model(ref, "cpu", test=a.split == "test", data_dir=a.data_dir)
         split = m.test if a.split == "test" else m.val_split(a.data_dir)
-        accs = {k: accuracy(m.model, split, shifts) for k, shifts in VIEWS.items()}
+        accs = {k: round(100.0 * run_eval(m.model, split, tta=shifts)["acc"], 4) for k, shifts in VIEWS.items()}
         for k in VIEWS:
             gains[k].append(accs[k] - accs["1 view"])
         name = Path(ref).name if Path(ref).is_dir() else str(ref)

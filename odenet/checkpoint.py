@@ -9,7 +9,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 import torch
 
 from .config import Config
-from .data import Split, carve_validation, load_split
+from .data import Split, load_split, load_training
 from .device import resolve_device
 from .errors import OdenetError
 from .files import atomic_write_bytes
@@ -143,8 +143,8 @@ class Opened(NamedTuple):
         if cfg.val_size == 0:
             raise OdenetError(f"{self.path} was trained without a validation split (val-size 0): it has only a test split")
         device = next(self.model.parameters()).device
-        train = load_split(cfg.dataset, cfg.resolved_data_dir(data_dir), True, device, cfg.train_subset, cfg.verify_data)
-        return carve_validation(train, cfg.val_size, cfg.seed)[1]
+        return load_training(cfg.dataset, cfg.resolved_data_dir(data_dir), device, cfg.train_subset, cfg.verify_data,
+                             cfg.val_size, cfg.seed)[1]
 
 
 def open_model(ref: Optional[Union[str, Path]] = None, device: Union[str, torch.device] = "cpu", *,

@@ -195,7 +195,7 @@ def _train_run(args):
 
 def cmd_evaluate(args) -> int:
     from .checkpoint import open_model
-    from .data import TTA_SHIFTS, class_names
+    from .data import class_names
     from .evaluate import run_eval
 
     if args.split == "val" and args.test_subset is not None:
@@ -208,7 +208,7 @@ def cmd_evaluate(args) -> int:
     ev = run_eval(m.model, split, args.batch_size, len(names), tta=args.tta)
     result = {"split": args.split, "checkpoint": str(ck_path), "checkpoint_epoch": state["epoch"],
               "chosen_by": m.chosen_by, "dataset": cfg.dataset, "solver": cfg.solver, "n": ev["n"],
-              "views": len(TTA_SHIFTS) if args.tta else 1,
+              "views": ev["views"],
               "accuracy": ev["acc"], "loss": ev["loss"], "nfe_mean": ev["nfe"],
               "images_per_s": ev["images_per_s"], "per_class_accuracy": dict(zip(names, ev["per_class_acc"]))}
     if args.json:

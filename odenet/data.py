@@ -192,6 +192,13 @@ def carve_validation(split: Split, size: int, seed: int) -> Tuple[Split, Optiona
             Split(split.x.index_select(0, val), split.y.index_select(0, val)))
 
 
+def load_training(dataset: str, root: str, device: torch.device, subset: Optional[int], verify: bool,
+                  val_size: int, seed: int) -> Tuple[Split, Optional[Split]]:
+    """The training split less ``val_size`` validation images drawn from ``seed`` (:func:`carve_validation`), and
+    the validation split (None when ``val_size`` is 0): what a run trains on and what it holds out."""
+    return carve_validation(load_split(dataset, root, True, device, subset, verify), val_size, seed)
+
+
 def random_affine(x: torch.Tensor, rotate: float, translate: float, scale: float,
                   background: float, rows: Optional[Tuple[int, int]] = None, flip: bool = False,
                   elastic: float = 0.0, elastic_sigma: float = 4.0) -> torch.Tensor:

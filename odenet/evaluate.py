@@ -3,23 +3,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import TTA_SHIFTS, Split, normalize
-from .model import NeuralODEModel
+from .data import Split, normalize
+from .model import NeuralODEModel, tta_shifts
 from .ood import OODDetector, logits_and_features, verdict
 
 
-def classify(model: NeuralODEModel, x: torch.Tensor, tta: bool = False) -> Tuple[torch.Tensor, int]:
+def classify(model: NeuralODEModel, x: torch.Tensor, tta: Union[bool, Sequence[Tuple[int, int]]] = False
+             ) -> Tuple[torch.Tensor, int]:
     """Scores ``(B, classes)`` of the images ``x`` ``(B, 1, H, W)`` and the forward NFE spent on them: the logits,
-    or with ``tta`` the log of ``model.predict(x, tta=True)`` (the softmax averaged over five views, one solve
+    or with ``tta`` the log of ``model.predict(x, tta=tta)`` (the softmax averaged over the views, one solve
     each). Either way their argmax is the prediction and their cross-entropy the loss."""
-    if tta:
-        probs = model.predict(x, tta=True)
+    if tta is not False:
+        probs = model.predict(x, tta=tta)
         return torch.log(probs), model.stats.nfe_forward
     logits = model(x)
     return logits, model.stats.nfe_forward
@@ -27,16 +28,17 @@ def classify(model: NeuralODEModel, x: torch.Tensor, tta: bool = False) -> Tuple
 
 @torch.no_grad()
 def run_eval(model: NeuralODEModel, split: Split, batch_size: int = 1000, num_classes: int = 10,
-             tta: bool = False) -> Dict:
-    """Loss, accuracy, mean forward NFE per solve, per-class accuracy, images/s and the predictions.
+             tta: Union[bool, Sequence[Tuple[int, int]]] = False) -> Dict:
+    """Loss, accuracy, mean forward NFE per solve, per-class accuracy, images/s, the predictions and the views.
 
-    With ``tta``, each image is classified by the softmax averaged over it and its four one-pixel shifts
-    (:func:`classify`, five solves); the loss is then that of the averaged probabilities."""
+    With ``tta`` (True: the image and its four one-pixel shifts, or ``(dx, dy)`` shifts as ``model.predict`` takes
+    them), each image is classified by the softmax averaged over its views (:func:`classify`, one solve each); the
+    loss is then that of the averaged probabilities."""
     model.eval()
     total_loss, correct, nfe, solves = 0.0, 0, 0, 0
     preds: List[torch.Tensor] = []
     start = time.perf_counter()
-    views = len(TTA_SHIFTS) if tta else 1
+    views = 1 if tta is False else len(tta_shifts(tta))
     for x, y in split.batches(batch_size):
         logits, spent = classify(model, x, tta)
         nfe, solves = nfe + spent, solves + views
@@ -54,7 +56,7 @@ def run_eval(model: NeuralODEModel, split: Split, batch_size: int = 1000, num_cl
         per_class.append(float((pred[mask] == c).float().mean()) if mask.any() else float("nan"))
     return {"loss": total_loss / max(n, 1), "acc": correct / max(n, 1), "nfe": nfe / max(solves, 1),
             "per_class_acc": per_class, "images_per_s": n / seconds if seconds > 0 else float("inf"),
-            "seconds": seconds, "n": n, "pred": pred}
+            "seconds": seconds, "n": n, "pred": pred, "views": views}
 
 
 @dataclass

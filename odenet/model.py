@@ -5,6 +5,7 @@ are one module registered twice, so its parameters count once.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from contextlib import contextmanager
@@ -266,20 +267,20 @@ class ODEBlock(nn.Module):
         return sol.ys[1:] if late else sol.ys
 
 
-def _tta_shifts(tta) -> Tuple[Tuple[int, int], ...]:
+def tta_shifts(tta) -> Tuple[Tuple[int, int], ...]:
     """``predict``'s views: ``TTA_SHIFTS`` for True, else the given ``(dx, dy)`` pairs, checked before any solve."""
     if tta is True:
         return TTA_SHIFTS
-    try:
-        shifts = tuple((int(dx), int(dy)) for dx, dy in tta) if len(tta) <= MAX_TTA_VIEWS else None
-        exact = shifts is not None and all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                                           for pair in tta for v in pair)
-    except (TypeError, ValueError):
-        shifts, exact = None, False
-    if not shifts or not exact or any(abs(dx) >= 28 or abs(dy) >= 28 for dx, dy in shifts):
+    try:  # at most one pair more than allowed is read, however long the sequence
+        shifts = tuple(tuple(itertools.islice(pair, 3)) for pair in itertools.islice(tta, MAX_TTA_VIEWS + 1))
+    except TypeError:
+        shifts = ()
+    whole = all(len(pair) == 2 and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and abs(v) < 28
+                                       for v in pair) for pair in shifts)
+    if not shifts or len(shifts) > MAX_TTA_VIEWS or not whole:
         raise OdenetError(f"tta must be True, False or 1 to {MAX_TTA_VIEWS} (dx, dy) shifts of whole pixels, each "
                           f"under 28, got {tta!r:.80}")
-    return shifts
+    return tuple((int(dx), int(dy)) for dx, dy in shifts)
 
 
 def _images(x: torch.Tensor, like: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -408,7 +409,7 @@ class NeuralODEModel(nn.Module):
         all of them counted in ``stats``."""
         if tta is False:
             return torch.softmax(self(x), -1)
-        shifts = _tta_shifts(tta)
+        shifts = tta_shifts(tta)
         x = _images(x, self._like())
         background = background_value(self.dataset or "mnist")
         total, probs = Stats(), None

@@ -24,7 +24,7 @@ import yaml
 
 from . import checkpoint, distributed
 from .config import Config, check_names, load_config_file
-from .data import Shard, background_value, carve_validation, class_names, load_split, random_affine
+from .data import Shard, background_value, class_names, load_split, load_training, random_affine
 from .device import resolve_device
 from .errors import DivergenceError, Interrupted, OdenetError, SolverError
 from .evaluate import run_eval
@@ -327,9 +327,9 @@ def _check(cfg: Config, ctx: distributed.Context, log: Callable[[str], None]) ->
 
 def _load_splits(cfg: Config, device: torch.device):
     """The training split (less the validation images), the validation split (or None) and the test split."""
-    train_set = load_split(cfg.dataset, cfg.data_dir, True, device, cfg.train_subset, cfg.verify_data)
+    train_set, val_set = load_training(cfg.dataset, cfg.data_dir, device, cfg.train_subset, cfg.verify_data,
+                                       cfg.val_size, cfg.seed)
     test_set = load_split(cfg.dataset, cfg.data_dir, False, device, cfg.test_subset, cfg.verify_data)
-    train_set, val_set = carve_validation(train_set, cfg.val_size, cfg.seed)
     return train_set, val_set, test_set
 
 
