@@ -11,6 +11,7 @@ page said to out-of-budget requests (step 1e-9, rtol 1e-14).
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,7 +38,7 @@ def peak_rss_mb(pid: int) -> float:
 def timed_upload(url: str, path: Path, settings, out: list) -> None:
     from gradio_client import Client, handle_file
 
-    c = Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="odenet-bench-"))
+    c = Client(url, verbose=False, download_files=tempfile.mkdtemp(dir=path.parent))  # inside the work folder
     t0 = time.perf_counter()
     status = c.predict(handle_file(str(path)), *settings, api_name="/on_upload")[-3]
     out.append((time.perf_counter() - t0, status))
@@ -75,7 +76,7 @@ def main() -> None:
         Image.new("L", (12_000, 12_000), 255).save(big, optimize=True)
         from gradio_client import Client, handle_file
 
-        c = Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="odenet-bench-"))
+        c = Client(url, verbose=False, download_files=tempfile.mkdtemp(dir=work))
         t0 = time.perf_counter()
         said = c.predict({"background": None, "layers": [], "composite": handle_file(str(big))}, *NORMAL,
                          api_name="/on_sketch")[-3]
@@ -84,6 +85,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
     print(f"{machine(torch.device('cpu'))}; {a.repeats} x ({a.heavy} heavy + 1 normal) requests")
     print("| request | n | median s | max s |")
     print("|---|---|---|---|")

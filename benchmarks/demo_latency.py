@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from odenet.bench.common import machine
+import shutil
 import tempfile
 
 from odenet.demo import load_predictor
@@ -47,3 +48,4 @@ print(f"{machine(torch.device('cpu'))}; solver {a.solver}; {a.n} digits")
 print("| part | median ms | max ms |\n|---|---|---|")
 for k, v in parts.items():
     print(f"| {k} | {statistics.median(v) * 1e3:.0f} | {max(v) * 1e3:.0f} |")
+shutil.rmtree(pred.out_dir, ignore_errors=True)

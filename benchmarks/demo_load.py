@@ -67,7 +67,7 @@ def start_server(port: int, log_path: Path) -> subprocess.Popen:
 def client_run(url: str, files: List[Path], requests: int, mode: str, k: int, results: List[Dict]) -> None:
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="odenet-load-"))
+    client = Client(url, verbose=False, download_files=tempfile.mkdtemp(dir=files[0].parent))  # inside load's workdir
     settings = ["dopri5", 1e-3, 1e-4, 0.1, 1.0]
     for r in range(requests):
         f = files[0] if mode == "identical" else files[(k + r) % len(files)]

@@ -63,8 +63,20 @@ class Predictor:
         self.device = next(model.parameters()).device
         self._flow_fig = self._path_fig = None
         self._backgrounds: Dict[int, object] = {}
-        self.out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="odenet-demo-"))
+        self._out_dir = Path(out_dir) if out_dir is not None else None
         self.lock = threading.Lock()
+
+    @property
+    def out_dir(self) -> Path:
+        """Where the page's images go: the folder given, else a temp folder made when first asked for (so a
+        Predictor that never serves an image leaves nothing behind); ``serve`` removes it at exit."""
+        if self._out_dir is None:
+            self._out_dir = Path(tempfile.mkdtemp(prefix="odenet-demo-"))
+        return self._out_dir
+
+    @out_dir.setter
+    def out_dir(self, path) -> None:
+        self._out_dir = Path(path)
 
     def image_file(self, image: np.ndarray) -> str:
         """A PNG file of ``image`` (grey or RGB uint8), named by its content and written once."""

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +120,32 @@ def pytest_runtest_makereport(item, call):
         if any(r in reason for r in REQUIRED_UNDER_CI):
             rep.outcome = "failed"
             rep.longrepr = f"required under CI (ODENET_CI=1) but skipped: {reason}"
+
+
+_GRADIO_CACHE: list = []
+
+
+def pytest_configure(config):
+    """Gradio's file cache (servers started in-process or by a test inherit it) in a folder of this run's own,
+    removed when the run ends, unless the caller chose one."""
+    if "GRADIO_TEMP_DIR" not in os.environ:
+        _GRADIO_CACHE.append(tempfile.mkdtemp(prefix="odenet-tests-gradio-"))
+        os.environ["GRADIO_TEMP_DIR"] = _GRADIO_CACHE[0]
+
+
+def pytest_unconfigure(config):
+    for folder in _GRADIO_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def system_temp_inside_pytests_folder(tmp_path_factory):
+    """What writes to this process's temp folder (gradio_client leaves an empty folder there per download) writes
+    inside pytest's own base folder, which pytest prunes: a test run leaves nothing behind in the system's."""
+    old = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("systemp"))
+    yield
+    tempfile.tempdir = old
 
 
 @pytest.fixture(autouse=True)

@@ -79,8 +79,8 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    return gradio_client.Client(server[1], verbose=False, download_files=tempfile.mkdtemp(prefix="odenet-test-"))
+def client(server, tmp_path_factory):
+    return gradio_client.Client(server[1], verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
 
 
 @pytest.fixture(scope="module")
@@ -148,14 +148,14 @@ def test_a_huge_sketch_is_refused_before_it_is_decoded(client, tmp_path, server)
     assert peak_rss_mb(proc.pid) - before < 300  # 144 MP decoded would add at least 430 MB (RGB)
 
 
-def test_a_normal_request_is_answered_behind_four_expensive_ones(server, seven):
+def test_a_normal_request_is_answered_behind_four_expensive_ones(server, seven, tmp_path):
     url = server[1]
     expensive = ["dopri5", 1e-7, 1e-7, 0.1, 4.0]
     times, errors = [], []
 
     def one(settings, record):
         try:
-            c = gradio_client.Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="odenet-test-"))
+            c = gradio_client.Client(url, verbose=False, download_files=tempfile.mkdtemp(dir=tmp_path))
             t0 = time.perf_counter()
             status = upload(c, seven, settings)[-3]
             record.append((time.perf_counter() - t0, status))
@@ -206,7 +206,7 @@ def _stop_and_check(proc, tmp: Path, sig) -> None:
 
 def test_ctrl_c_removes_the_demos_temp_folder(tmp_path, seven):
     proc, url = start(tmp_path)
-    c = gradio_client.Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="odenet-test-"))
+    c = gradio_client.Client(url, verbose=False, download_files=tempfile.mkdtemp(dir=tmp_path, prefix="downloads-"))
     assert OK in upload(c, seven, NORMAL)[-3]
     _stop_and_check(proc, tmp_path, signal.SIGINT)
 

@@ -57,3 +57,19 @@ def test_the_summary_says_where_the_flow_changed_the_answer():
     assert text.startswith("**8** with probability 0.550") and "the flow changed 3 → 8 at t = 0.50" in text
     probs[:, 3], probs[:, 8] = 0.55, 0.05
     assert "the flow did not change the answer" in pred.summary(Flow(ts, np.zeros((5, 64)), probs, 14, 3.0), "rk4")
+
+
+def test_a_predictor_makes_its_temp_folder_only_when_it_writes_an_image(tmp_path, monkeypatch):
+    import tempfile
+
+    import numpy as np
+
+    from odenet.demo import Predictor
+    from odenet.model import NeuralODEModel
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    pred = Predictor(NeuralODEModel(), "mnist", None)
+    assert list(tmp_path.iterdir()) == []  # built (as tests and scripts do) without serving: nothing left behind
+    made = Path(pred.image_file(np.zeros((28, 28), np.uint8)))
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith("odenet-demo-") and made.parent == folder == pred.out_dir
