@@ -91,28 +91,14 @@ class ODEFunc(nn.Module):
         if self._parameters or net._parameters or len({id(t) for t in own}) != len(own) or any(
                 m._modules or len(m._parameters) != 2 for m in layers[::2]) or any(m._parameters for m in layers[1::2]):
             return None
-        return self._fast_forward, self._fused_vjp
+        return _FusedMLP(self).paths()
 
     def _linears(self) -> List[nn.Linear]:
         return [m for m in self.net if isinstance(m, nn.Linear)]  # Linear, ReLU, ..., Linear
 
     def _fast_forward(self, t, z: torch.Tensor) -> torch.Tensor:
         """``forward`` without module calls or a graph when autograd is off (only valid under ``fast_paths()``)."""
-        if torch.is_grad_enabled() or z.dim() != 2:
-            return self(t, z)
-        return self._mlp(z, self._linears())
-
-    @staticmethod
-    def _mlp(z: torch.Tensor, linears: List[nn.Linear], inputs: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
-        """The layers without module calls or graph, ReLU in place on fresh outputs; collects layer inputs."""
-        h = z
-        for i, m in enumerate(linears):
-            if i:
-                h = torch.relu_(h)
-            if inputs is not None:
-                inputs.append(h)
-            h = torch.addmm(m.bias, h, m.weight.t())
-        return h
+        return _FusedMLP(self).forward(t, z)
 
     def vjp(self, t, z: torch.Tensor, a: torch.Tensor,
             energy_cotangent: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -129,22 +115,67 @@ class ODEFunc(nn.Module):
 
         return autograd_vjp(self, list(self.parameters()))(t, z, a, energy_cotangent)
 
-    @torch.no_grad()
     def _fused_vjp(self, t, z: torch.Tensor, a: torch.Tensor,
                    energy_cotangent: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``vjp`` by hand: the same numbers as autograd (tested) without building a graph; the adjoint pass calls
-        it at every stage (only valid under ``fast_paths()``); states other than ``(B, dim)`` take autograd."""
+        """``vjp`` by hand (only valid under ``fast_paths()``): see ``_FusedMLP.vjp``."""
+        return _FusedMLP(self).vjp(t, z, a, energy_cotangent)
+
+
+class _FusedMLP:
+    """An ``ODEFunc``'s hand-written forward and vjp over its layers' ``(bias, weight)``, read once (by
+    ``fast_paths()``, once per solve) instead of looked up on the modules at every evaluation.
+
+    Valid only while ``fast_paths()`` vouches for the module; the tensors are the parameters themselves, so
+    in-place updates (an optimizer's) are seen. States other than ``(B, dim)`` go to the module and autograd.
+    """
+
+    __slots__ = ("func", "layers")
+
+    def __init__(self, func: ODEFunc):
+        self.func = func
+        self.layers = [(m.bias, m.weight) for m in func._linears()]
+
+    def paths(self) -> Tuple[Callable, Callable]:
+        return self.forward, self.vjp
+
+    def _mlp(self, z: torch.Tensor, inputs: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        """The layers without module calls or graph, ReLU in place on fresh outputs; collects layer inputs."""
+        h = z
+        for i, (b, w) in enumerate(self.layers):
+            if i:
+                h = torch.relu_(h)
+            if inputs is not None:
+                inputs.append(h)
+            h = torch.addmm(b, h, w.t())
+        return h
+
+    def forward(self, t, z: torch.Tensor) -> torch.Tensor:
+        """``func(t, z)``; by hand when autograd is off and ``z`` is ``(B, dim)``."""
+        if torch.is_grad_enabled() or z.dim() != 2:
+            return self.func(t, z)
+        return self._mlp(z)
+
+    def vjp(self, t, z: torch.Tensor, a: torch.Tensor,
+            energy_cotangent: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``ODEFunc.vjp`` by hand: the same numbers as autograd (tested) without building a graph; the adjoint
+        pass calls it at every stage."""
         if z.dim() != 2:
-            return self._autograd_vjp(t, z, a, energy_cotangent)
-        linears = self._linears()
+            return self.func._autograd_vjp(t, z, a, energy_cotangent)
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self._vjp(z, a, energy_cotangent)
+        return self._vjp(z, a, energy_cotangent)
+
+    def _vjp(self, z: torch.Tensor, a: torch.Tensor,
+             energy_cotangent: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs: List[torch.Tensor] = []
-        h = self._mlp(z, linears, inputs)
+        h = self._mlp(z, inputs)
         g = a if energy_cotangent is None else a + 2.0 * energy_cotangent * h
         parts: List[torch.Tensor] = []  # (bias, weight) per layer, last layer first
-        for i in range(len(linears) - 1, -1, -1):
-            m, x = linears[i], inputs[i]
+        for i in range(len(self.layers) - 1, -1, -1):
+            x = inputs[i]
             parts += [g.sum(0), g.t().mm(x).view(-1)]
-            g = g.mm(m.weight)
+            g = g.mm(self.layers[i][1])
             if i:
                 g = torch.ops.aten.threshold_backward(g, x, 0.0)  # ReLU': zero where the activation is 0
         # one cat in parameters() order; faster here than products written into slices of a preallocated vector
