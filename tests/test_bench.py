@@ -149,3 +149,15 @@ def test_roofline_counts_flops_as_the_formulas_say(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     step = out["tables"]["FLOPs, time and rate"][0]
     assert step["GFLOP/s"] == pytest.approx(step["GFLOP"] / step["ms"] * 1e3)
+
+
+def test_full_epochs_are_timed_in_interleaved_slices():
+    from odenet.bench.speed import _full_epochs
+
+    calls = []
+    steppers = {k: ((lambda k=k: calls.append(k)), None) for k in ("a", "b", "c")}
+    secs = _full_epochs(steppers, torch.device("cpu"), chunks=10)
+    assert [calls.count(k) for k in "abc"] == [938] * 3 and set(secs) == set("abc")  # one whole epoch each
+    sizes = [938 * (c + 1) // 10 - 938 * c // 10 for c in range(10)]
+    order = "".join(("abc" if c % 2 == 0 else "cba") for c in range(10))  # the order reversed every round
+    assert calls == [k for c, n in enumerate(sizes) for k in order[3 * c:3 * c + 3] for _ in range(n)]
