@@ -78,6 +78,8 @@ def _open(p: Path):
     if p.is_dir():
         raise OdenetError(f"{p.name} is a folder, not an image")
     if not p.is_file():
+        if p.exists():  # a device, pipe or socket: reading it could block or never end
+            raise OdenetError(f"{p.name} is not a regular file (a device, pipe or socket), not an image")
         raise OdenetError(f"image not found: {p}")
     try:
         with open(p, "rb") as f:

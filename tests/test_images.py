@@ -184,3 +184,19 @@ def test_one_bad_file_among_good_ones_stops_nothing(files, capsys):
 def test_bad_arrays_give_one_line(array, message):
     with pytest.raises(OdenetError, match=message):
         prepare_image(array)
+
+
+def test_a_pipe_or_device_is_refused_without_being_read(tmp_path, capsys):
+    """A named pipe with no writer would block an open() forever; a device may never end."""
+    import os
+
+    fifo = tmp_path / "digit.png"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(OdenetError, match="not a regular file"):
+            prepare_image(str(path))
+    assert main(["predict", str(fifo)]) == 1
+    assert capsys.readouterr().err.strip() == \
+        "odenet: error: digit.png is not a regular file (a device, pipe or socket), not an image"
+    with pytest.raises(OdenetError, match="image not found"):
+        prepare_image(str(tmp_path / "missing.png"))
