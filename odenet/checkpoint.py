@@ -12,7 +12,7 @@ from .config import Config
 from .data import Split, load_split, load_training
 from .device import resolve_device
 from .errors import OdenetError
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, regular_file
 from .model import NeuralODEModel
 
 SHIPPED = Path(__file__).resolve().parent / "pretrained" / "mnist.pt"
@@ -29,9 +29,7 @@ def save(path: Path, state: Dict[str, Any]) -> None:
 def load(path: str) -> Dict[str, Any]:
     """Read a checkpoint (``.pt``, or weights written by ``odenet export --format safetensors``); a one-line
     ``OdenetError`` for anything that is not an odenet checkpoint."""
-    p = Path(path)
-    if not p.is_file():
-        raise OdenetError(f"checkpoint not found: {path}")
+    p = regular_file(path, "checkpoint")
     if p.suffix == ".safetensors":
         return _load_safetensors(p)
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .errors import OdenetError
+from .files import regular_file
 from .ode.tableaus import FIXED_METHODS, NATIVE_METHODS
 
 DATASETS = ("mnist", "fashion-mnist")
@@ -235,9 +236,7 @@ def check_names(settings, what: str = "setting") -> None:
 
 def load_config_file(path: str) -> Dict[str, Any]:
     """Read a YAML, TOML or JSON file of config keys (dashes or underscores); return a plain dict."""
-    p = Path(path)
-    if not p.is_file():
-        raise OdenetError(f"config file not found: {path}")
+    p = regular_file(path, "config file")
     if p.stat().st_size > MAX_CONFIG_BYTES:
         raise OdenetError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1000} kB: not a config")
     try:

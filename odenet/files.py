@@ -4,7 +4,20 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Union
+
+from .errors import OdenetError
+
+
+def regular_file(path: Union[str, Path], what: str) -> Path:
+    """``path`` when it names a regular file; else one line: ``"<what> not found: <path>"``, or, for a device, pipe
+    or socket (reading one can block forever or never end), that it is not a regular file. Checked before opening."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.exists() and not p.is_dir():
+        raise OdenetError(f"{what} {path} is not a regular file (a device, pipe or socket)")
+    raise OdenetError(f"{what} not found: {path}")
 
 
 def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:

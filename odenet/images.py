@@ -17,6 +17,7 @@ from typing import Union
 import numpy as np
 
 from .errors import OdenetError
+from .files import regular_file
 
 WORK_SIZE = 256  # larger images are scaled down first (a huge upload costs no more than this)
 MIN_CONTRAST = 24.0  # grey levels between ink and paper below which the picture counts as blank
@@ -77,10 +78,7 @@ def _open(p: Path):
 
     if p.is_dir():
         raise OdenetError(f"{p.name} is a folder, not an image")
-    if not p.is_file():
-        if p.exists():  # a device, pipe or socket: reading it could block or never end
-            raise OdenetError(f"{p.name} is not a regular file (a device, pipe or socket), not an image")
-        raise OdenetError(f"image not found: {p}")
+    regular_file(p, "image")
     try:
         with open(p, "rb") as f:
             head = f.read(64)

@@ -319,3 +319,17 @@ def test_a_data_folder_the_user_gave_is_never_written(capsys, tmp_path):
     data.mkdir()
     refused(["train", "--data-dir", data, "--out", tmp_path / "runs", "--epochs", 1], capsys, "never writes into it")
     assert list(data.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, what", [
+    (["train", "--config", "{fifo}"], "config file"),
+    (["evaluate", "--model", "{fifo}"], "checkpoint"),
+    (["export", "--model", "{fifo}", "--format", "safetensors", "--out", "{tmp}/w.safetensors"], "checkpoint"),
+    (["predict", "{fifo}"], "image"),
+])
+def test_a_pipe_is_refused_before_it_is_opened(argv, what, capsys, tmp_path):
+    """A named pipe with no writer would block the first read forever: refused by its type, never opened."""
+    fifo = tmp_path / "input.yaml"
+    os.mkfifo(fifo)
+    refused([a.format(fifo=fifo, tmp=tmp_path) for a in argv], capsys,
+            f"{what} {fifo} is not a regular file (a device, pipe or socket)")

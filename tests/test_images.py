@@ -196,7 +196,6 @@ def test_a_pipe_or_device_is_refused_without_being_read(tmp_path, capsys):
         with pytest.raises(OdenetError, match="not a regular file"):
             prepare_image(str(path))
     assert main(["predict", str(fifo)]) == 1
-    assert capsys.readouterr().err.strip() == \
-        "odenet: error: digit.png is not a regular file (a device, pipe or socket), not an image"
+    assert capsys.readouterr().err.strip() == f"odenet: error: image {fifo} is not a regular file (a device, pipe or socket)"
     with pytest.raises(OdenetError, match="image not found"):
         prepare_image(str(tmp_path / "missing.png"))
