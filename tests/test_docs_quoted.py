@@ -247,3 +247,18 @@ def test_readme_quotes_tta():
     one = [100 * last(r) for r in V6]
     assert g[15:17] == [round(statistics.mean(one), 2), round(statistics.stdev(one), 2)]
     assert g[17:] == [round(v, 2) for v in one[6:]]
+
+
+def test_performance_md_quotes_the_fast_recipes_view_choice():
+    """The validation numbers that chose five views for configs/fast.yaml are its record's."""
+    text = " ".join((ROOT / "docs" / "performance.md").read_text().split())
+    m = re.search(rf"one view {NUM} / {NUM} / {NUM}%, five views {NUM} / {NUM} / {NUM}% \(mean gain \+{NUM} pp; nine "
+                  rf"views \+{NUM} pp", text)
+    assert m, "the sentence on the fast recipe's test-time views is gone or reworded"
+    g = [float(x) for x in m.groups()]
+    val = json.loads((RUNS / "mnist-fast-val-tta.json").read_text())
+    assert [r["model"] for r in val] == [f"mnist-fast-val-seed{s}" for s in range(3)]
+    assert all(r["split"] == "val" and r["n"] == 5000 for r in val)
+    assert g[:3] == [r["accuracy"]["1 view"] for r in val] and g[3:6] == [r["accuracy"]["5 views (--tta)"] for r in val]
+    gains = [statistics.mean(r["accuracy"][v] - r["accuracy"]["1 view"] for r in val) for v in VIEWS[1:]]
+    assert g[6:] == [round(x, 3) for x in gains]
