@@ -78,7 +78,7 @@ def main() -> None:
             summary = json.loads((Path(out) / f"s{seed}" / "summary.json").read_text())
             rows.append((seed, plain_s, float(acc), fast_s, _accuracy(summary)))
             print(f"seed {seed}: plain epoch {plain_s:.1f} s ({float(acc):.2%}), {args.config} {fast_s:.1f} s "
-                  f"({_accuracy(summary)})", flush=True)
+                  f"({rows[-1][4]})", flush=True)
     import torch
 
     from odenet.bench.common import machine

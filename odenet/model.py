@@ -72,10 +72,9 @@ class ODEFunc(nn.Module):
         (quantized, tensor subclasses). Checked once per solve by the engine.
         """
         cls = type(self)
-        if any(getattr(cls, k) is not getattr(ODEFunc, k) for k in ("forward", "vjp", "fast_paths", "_fast_forward",
-                                                                    "_fused_vjp", "__call__")):
+        if any(getattr(cls, k) is not getattr(ODEFunc, k) for k in ("forward", "vjp", "fast_paths", "__call__")):
             return None
-        if any(k in self.__dict__ for k in ("vjp", "fast_paths", "_fast_forward", "_fused_vjp")):
+        if any(k in self.__dict__ for k in ("vjp", "fast_paths")):
             return None  # replaced on this instance
         net = self._modules.get("net")
         if type(net) is not nn.Sequential or len(net) % 2 != 1 or not _plain((self, net, *net)):
@@ -96,29 +95,21 @@ class ODEFunc(nn.Module):
     def _linears(self) -> List[nn.Linear]:
         return [m for m in self.net if isinstance(m, nn.Linear)]  # Linear, ReLU, ..., Linear
 
-    def _fast_forward(self, t, z: torch.Tensor) -> torch.Tensor:
-        """``forward`` without module calls or a graph when autograd is off (only valid under ``fast_paths()``)."""
-        return _FusedMLP(self).forward(t, z)
-
     def vjp(self, t, z: torch.Tensor, a: torch.Tensor,
             energy_cotangent: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(f(z), a df/dz, a df/dtheta flattened in parameters() order)``: the hand-written backward when
         ``fast_paths()`` allows it, else autograd. ``energy_cotangent`` (per-sample weights ``c``, shape ``(B, 1)``) makes
         the cotangent ``a + 2 c f(z)``: the adjoint of the running cost ``c |f(z)|^2`` (the kinetic energy's
         gradient)."""
-        if self.fast_paths() is None:
+        fast = self.fast_paths()
+        if fast is None:
             return self._autograd_vjp(t, z, a, energy_cotangent)
-        return self._fused_vjp(t, z, a, energy_cotangent)
+        return fast[1](t, z, a, energy_cotangent)
 
     def _autograd_vjp(self, t, z, a, energy_cotangent=None):
         from .ode.adjoint import autograd_vjp
 
         return autograd_vjp(self, list(self.parameters()))(t, z, a, energy_cotangent)
-
-    def _fused_vjp(self, t, z: torch.Tensor, a: torch.Tensor,
-                   energy_cotangent: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``vjp`` by hand (only valid under ``fast_paths()``): see ``_FusedMLP.vjp``."""
-        return _FusedMLP(self).vjp(t, z, a, energy_cotangent)
 
 
 class _FusedMLP:
