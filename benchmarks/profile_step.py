@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py          # the split of one step into its parts
     python benchmarks/profile_step.py --ops    # also: how many operators one step dispatches, and the busiest
+    python benchmarks/profile_step.py --compile  # also: the step with the fused vjp through torch.compile
 """
 import statistics
 import sys
@@ -73,3 +74,53 @@ if "--ops" in sys.argv:
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]:
         print(f"| {e.key} | {e.count / steps:.0f} | {e.self_cpu_time_total / steps / 1e3:.2f} | "
               f"{e.self_cpu_time_total / e.count:.1f} |")
+
+if "--compile" in sys.argv:
+    # The fused vjp (the adjoint's every evaluation) through torch.compile (inductor's C++ kernels, shapes fixed):
+    # what the compiled operator buys a training step, and what compiling it costs, beside the eager step.
+    from odenet.model import _FusedMLP
+
+    eager_vjp = _FusedMLP._vjp
+
+    def vjp_body(z, a, *layers):
+        inputs, h = [], z
+        pairs = list(zip(layers[::2], layers[1::2]))
+        for i, (b, w) in enumerate(pairs):
+            h = torch.relu(h) if i else h
+            inputs.append(h)
+            h = torch.addmm(b, h, w.t())
+        g, parts = a, []
+        for i in range(len(pairs) - 1, -1, -1):
+            parts += [g.sum(0), g.t().mm(inputs[i]).view(-1)]
+            g = g.mm(pairs[i][1])
+            g = torch.ops.aten.threshold_backward(g, inputs[i], 0.0) if i else g
+        return h, g, torch.cat(parts[::-1])
+
+    compiled = torch.compile(vjp_body, fullgraph=True, dynamic=False)
+
+    def compiled_vjp(self, z, a, energy_cotangent):
+        if energy_cotangent is not None:
+            return eager_vjp(self, z, a, energy_cotangent)
+        return compiled(z, a, *[t for bw in self.layers for t in bw])
+
+    zc, ac = torch.randn(64, 64), torch.randn(64, 64)
+    fused = _FusedMLP(m.odeblock.odefunc)
+    with torch.no_grad():
+        ref = eager_vjp(fused, zc, ac, None)
+        t0 = time.perf_counter()
+        out = compiled_vjp(fused, zc, ac, None)
+        first = time.perf_counter() - t0
+    diff = max(float((r - o).abs().max()) for r, o in zip(ref, out))
+    times = {"eager": [], "compiled": []}
+    for r in range(20):  # interleaved, the order alternating
+        for name in (("eager", "compiled") if r % 2 else ("compiled", "eager")):
+            _FusedMLP._vjp = eager_vjp if name == "eager" else compiled_vjp
+            t0 = time.perf_counter()
+            for _ in range(5):
+                step()
+            times[name].append((time.perf_counter() - t0) / 5)
+    _FusedMLP._vjp = eager_vjp
+    e, c = statistics.median(times["eager"]) * 1e3, statistics.median(times["compiled"]) * 1e3
+    print(f"\ntorch.compile of the fused vjp: first call (compiling) {first:.1f} s; max |eager - compiled| {diff:.2g}\n"
+          f"| vjp | training step, ms (median of 20 rounds of 5) |\n|---|---|\n| eager | {e:.2f} |\n"
+          f"| compiled | {c:.2f} ({e / c:.2f}x) |")
