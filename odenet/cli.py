@@ -322,8 +322,25 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _empty_value(argv: List[str]) -> Optional[str]:
+    """The option (or "an argument") given an empty string: ``--model ''`` would otherwise read as not given and
+    fall back to a default (the shipped model, the default data folder) without a word."""
+    for i, tok in enumerate(argv):
+        if tok == "":
+            before = argv[i - 1] if i else ""
+            return before if before.startswith("-") else "an argument"
+        if tok.startswith("--") and tok.endswith("=") and len(tok) > 3:
+            return tok[:-1]
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    empty = _empty_value(argv)
+    if empty is not None:
+        print(f"odenet: error: {empty} was given an empty value", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report,
                 "demo": cmd_demo, "export": cmd_export}

@@ -20,7 +20,8 @@ DATASETS = ("mnist", "fashion-mnist")
 MAX_CONFIG_BYTES = 100_000
 # upper bounds on what a setting may ask for, checked before anything is allocated
 _LIMITS = dict(ode_dim=4096, batch_size=60_000, eval_batch_size=60_000, max_steps=10_000_000, epochs=100_000,
-               t_end=1_000.0, val_size=59_000)
+               t_end=1_000.0, val_size=59_000,
+               aug_rotate=180.0, aug_translate=28.0, aug_elastic=28.0)  # degrees; pixels of a 28-pixel image
 LR_SCHEDULES = ("cosine", "constant", "linear")
 OPTIMIZERS = ("adam", "adamw")
 ARCHS = ("seed", "paper")
@@ -150,6 +151,8 @@ class Config:
                 raise OdenetError(f"{k.replace('_', '-')} must be at most {most}, got {show(getattr(self, k))}")
         if self.ema >= 1 or self.label_smoothing >= 1 or self.aug_scale >= 1:
             raise OdenetError("ema, label-smoothing and aug-scale must be below 1")
+        if self.warmup_epochs > self.epochs:
+            raise OdenetError(f"warmup-epochs must be at most epochs ({show(self.epochs)}), got {show(self.warmup_epochs)}")
         for k in ("train_subset", "test_subset"):
             v = getattr(self, k)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):

@@ -364,9 +364,8 @@ def _run_epoch(st: _State, net, train_set, epoch: int, ctx: distributed.Context,
             step = shard_step(model, st.opt, shard._replace(x=x), cfg, net=net, ctx=ctx,
                               stop=stop.signal is not None)
         except DivergenceError as e:
-            raise ctx.agreed(DivergenceError(
-                f"training diverged at epoch {epoch + 1}, batch {b + 1}: {e}; "
-                f"last good checkpoint kept in {run / 'checkpoints'}")) from None
+            kept = f"; last good checkpoint kept in {run / 'checkpoints'}" if st.history else ""  # else: see train()
+            raise ctx.agreed(DivergenceError(f"training diverged at epoch {epoch + 1}, batch {b + 1}: {e}{kept}")) from None
         if st.ema is not None:
             st.ema.update()
         totals.add(step)

@@ -175,6 +175,21 @@ def test_flags_out_of_range_are_one_line(argv, words, capsys):
     refused(argv, capsys, *words)
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["evaluate", "--model", ""], ["--model was given an empty value"]),  # read as not given: the shipped model
+    (["evaluate", "--data-dir="], ["--data-dir was given an empty value"]),
+    (["train", "--config", ""], ["--config was given an empty value"]),  # read as not given: a default run
+    (["train", "--resume", ""], ["--resume was given an empty value"]),
+    (["demo", "--model", ""], ["--model was given an empty value"]),
+    (["report", ""], ["an argument was given an empty value"]),
+    (["predict", "x.png", ""], ["an argument was given an empty value"]),
+])
+def test_empty_values_are_refused_not_read_as_not_given(argv, words, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refused(argv, capsys, *words)
+    assert not any(tmp_path.iterdir())  # no run folder, nothing written
+
+
 def test_demo_device_and_host_are_checked(capsys):
     pytest.importorskip("gradio")
     refused(["demo", "--device", "tpu"], capsys, "device")

@@ -69,6 +69,8 @@ def test_unreadable_config_is_one_line_error(tmp_path, capsys):
     ("val_size", -1, "val-size must be"), ("ema", 1.0, "below 1"), ("optimizer", "sgd", "unknown optimizer"),
     ("label_smoothing", float("nan"), "label-smoothing must be"), ("aug_rotate", -5, "aug-rotate must be"),
     ("aug_elastic", -1.0, "aug-elastic must be"), ("aug_elastic_sigma", 0.0, "aug-elastic-sigma must be"),
+    ("aug_rotate", 1e30, "aug-rotate must be at most 180"), ("aug_translate", 29, "aug-translate must be at most 28"),
+    ("aug_elastic", 1e30, "aug-elastic must be at most 28"), ("warmup_epochs", 1e30, r"warmup-epochs must be at most epochs"),
 ])
 def test_recipe_settings_are_validated(key, value, msg):
     with pytest.raises(OdenetError, match=msg):

@@ -99,6 +99,20 @@ def test_divergence_stops_with_epoch_and_batch(tiny_config):
         train(cfg, Path(cfg.out) / "div", progress=False, log=lambda m: None)
 
 
+def test_divergence_in_the_first_epoch_says_nothing_was_kept(synth_dir, tmp_path, capsys):
+    """A kinetic weight of 1e30 blows the adjoint up in the first batch (it was a ZeroDivisionError traceback): one
+    line, and it does not claim a checkpoint was kept where none was written."""
+    out = tmp_path / "runs"
+    assert main(["train", "--kinetic", "1e30", "--epochs", "1", "--train-subset", "64", "--test-subset", "32",
+                 "--batch-size", "32", "--out", str(out), "--data-dir", str(synth_dir), "--no-verify-data",
+                 "--no-report", "--no-progress", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("odenet: error: training diverged at epoch 1, batch 1: the "
+                                                    "derivative at the start of the solve holds NaN or infinite values")
+    assert "no epoch finished, so nothing was kept" in err and "checkpoint kept" not in err
+    assert not any(out.iterdir())
+
+
 def _digit_png(path: Path, label: int, dark_on_light: bool) -> None:
     x, y = synthetic_digits(200, 5)
     img = x[list(y).index(label)]

@@ -121,6 +121,9 @@ class StepController:
         y, f = _wide(y0), _wide(f0)
         scale = self.atol + y.abs() * self.rtol
         d0, d1 = float(self.measure(y / scale)), float(self.measure(f / scale))
+        if not math.isfinite(d1):  # torchdiffeq goes on with a zero first step and fails later, less clearly
+            raise SolverError("the derivative at the start of the solve holds NaN or infinite values: the dynamics are "
+                              "blowing up")
         h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
         f1 = func(t0 + h0, y0 + h0 * f0)
         d2 = float(self.measure((_wide(f1) - f) / scale)) / h0
