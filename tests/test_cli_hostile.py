@@ -190,6 +190,32 @@ def test_empty_values_are_refused_not_read_as_not_given(argv, words, capsys, tmp
     assert not any(tmp_path.iterdir())  # no run folder, nothing written
 
 
+def _every_option():
+    """``(subcommand words, option)`` for every option that takes a value, in every subcommand."""
+    import argparse
+
+    from odenet.cli import build_parser
+
+    found = []
+
+    def walk(words, parser):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for name, sub in (subs[0].choices.items() if subs else ()):
+            walk(words + [name], sub)
+        if not subs:
+            found.extend((words, a.option_strings[-1]) for a in parser._actions if a.option_strings and a.nargs != 0)
+
+    walk([], build_parser())
+    return found
+
+
+def test_no_option_takes_an_empty_value(capsys):
+    options = _every_option()
+    assert len(options) > 80  # the walk reached every subcommand's options
+    for words, option in options:
+        refused(words + [option, ""], capsys, f"{option} was given an empty value")
+
+
 def test_demo_device_and_host_are_checked(capsys):
     pytest.importorskip("gradio")
     refused(["demo", "--device", "tpu"], capsys, "device")
