@@ -169,6 +169,9 @@ def test_integral_floats_in_a_config_file_are_integers(tmp_path):
     (["bench", "gradients", "--rk4-steps", 0], ["--rk4-steps"]),
     (["bench", "speed", "--device", "tpu"], ["device"]),
     (["bench", "solvers", "--epochs", 0], ["--epochs"]),
+    (["bench", "solvers", "--rtols", 1e-3, -1], ["rtol must be a positive finite number, got -1"]),  # was: after
+    (["bench", "solvers", "--steps", "nan"], ["step-size must be a positive finite number"]),  # the first trainings
+    (["bench", "solvers", "--solvers", "rk4", "nosuch"], ["unknown solver"]),
     (["nosuchcommand"], ["invalid choice"]),
 ])
 def test_flags_out_of_range_are_one_line(argv, words, capsys):

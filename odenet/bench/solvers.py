@@ -53,19 +53,21 @@ def bench_solvers(base: Config, solvers: Sequence[str], rtols: Sequence[float], 
     """Train the same model from the same seed per setting; measure accuracy, time, NFE and stability."""
     from ..data import load_split
 
-    dev = device(base.device)
-    test = load_split(base.dataset, base.resolved_data_dir(), False, dev, base.test_subset, base.verify_data)
     settings = [("solvers", dict(solver=s)) for s in solvers]
     settings += [("dopri5 tolerance sweep", dict(solver="dopri5", rtol=r, atol=r / 10)) for r in rtols]
     settings += [("fixed-step sweep", dict(solver=s, step_size=h)) for s in fixed_for_sweep for h in steps]
+    configs = []
+    for i, (study, kw) in enumerate(settings):  # every setting checked before any data is read or model trained
+        cfg = copy.deepcopy(base)
+        for k, v in kw.items():
+            setattr(cfg, k, v)
+        cfg.name, cfg.report = f"s{i}", False
+        configs.append((study, cfg.validate()))
+    dev = device(base.device)
+    test = load_split(base.dataset, base.resolved_data_dir(), False, dev, base.test_subset, base.verify_data)
     out: Dict[str, List[Dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (study, kw) in enumerate(settings):
-            cfg = copy.deepcopy(base)
-            for k, v in kw.items():
-                setattr(cfg, k, v)
-            cfg.name, cfg.report = f"s{i}", False
-            cfg.validate()
+        for study, cfg in configs:
             setting = f"rtol={cfg.rtol:g}" if cfg.ode_solver().adaptive else f"step={cfg.step_size:g}"
             try:
                 summary, model = _train_tmp(cfg, tmp)
