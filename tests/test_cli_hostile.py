@@ -167,6 +167,9 @@ def test_integral_floats_in_a_config_file_are_integers(tmp_path):
     (["bench", "speed", "--batches", 0], ["--batches"]),
     (["bench", "gradients", "--reps", 0], ["--reps"]),
     (["bench", "gradients", "--rk4-steps", 0], ["--rk4-steps"]),
+    (["bench", "gradients", "--t-ends", 1, "nan"], ["--t-ends", "got nan"]),
+    (["bench", "gradients", "--t-ends", -1], ["--t-ends", "got -1.0"]),
+    (["bench", "gradients", "--t-ends", 1e30], ["--t-ends", "(0, 64]"]),
     (["bench", "speed", "--device", "tpu"], ["device"]),
     (["bench", "solvers", "--epochs", 0], ["--epochs"]),
     (["bench", "solvers", "--rtols", 1e-3, -1], ["rtol must be a positive finite number, got -1"]),  # was: after
@@ -223,6 +226,12 @@ def test_demo_device_and_host_are_checked(capsys):
     pytest.importorskip("gradio")
     refused(["demo", "--device", "tpu"], capsys, "device")
     refused(["demo", "--host", "999.1.1.1", "--port", 7999], capsys, "cannot serve on '999.1.1.1'")
+
+
+def test_a_refused_bench_setting_leaves_no_out_folder(capsys, tmp_path):
+    refused(["bench", "solvers", "--rtols", -1, "--out", tmp_path / "tables"], capsys, "rtol")
+    refused(["bench", "gradients", "--t-ends", 0, "--out", tmp_path / "tables"], capsys, "--t-ends")
+    assert not (tmp_path / "tables").exists()
 
 
 def test_bench_out_that_is_a_file_is_refused_before_the_benchmark(capsys, tmp_path):

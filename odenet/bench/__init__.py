@@ -51,6 +51,7 @@ def run(args) -> int:
         if hasattr(args, k) and getattr(args, k) is not None and getattr(args, k) <= 0:
             raise OdenetError(f"--{k.replace('_', '-')} must be positive")
     out = Path(args.out)
+    created = not out.exists()
     try:  # before minutes of timing: the tables must have somewhere to go
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".odenet-write-test"
@@ -58,5 +59,10 @@ def run(args) -> int:
         probe.unlink()
     except OSError as e:
         raise OdenetError(f"--out {args.out} is not a folder odenet can write to ({e.strerror or e})") from None
-    STUDIES[args.study][0].run(args, dev, data_dir, meta, out)
+    try:
+        STUDIES[args.study][0].run(args, dev, data_dir, meta, out)
+    except BaseException:  # a refused setting or an interrupt leaves no empty folder behind
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     return 0

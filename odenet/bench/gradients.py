@@ -113,6 +113,9 @@ def _plot_gradients(rows: List[Dict], path: Path) -> None:
         plt.close(fig)
 
 
+MAX_T_END = 64.0  # the float64 reference solve's steps grow with T (and stop at 100,000)
+
+
 def add_args(s) -> None:
     s.add_argument("--t-ends", nargs="+", type=float, default=[1, 2, 4, 8], help="dopri5 T values (default: 1 2 4 8)")
     s.add_argument("--rk4-steps", nargs="+", type=count(1, 100_000), default=[4, 16, 64, 256],
@@ -122,6 +125,9 @@ def add_args(s) -> None:
 
 
 def run(args, dev: torch.device, data_dir: str, meta: Dict, out: Path) -> None:
+    for t in args.t_ends:  # before anything is loaded: a long T is a long reference solve
+        if not 0 < t <= MAX_T_END:
+            raise OdenetError(f"--t-ends: each T must be a number in (0, {MAX_T_END:g}], got {t!r}")
     res = bench_gradients(dev, args.t_ends, args.rk4_steps, args.batch, args.reps, data_dir, args.seed)
     meta.update({"reference": "float64, dopri5 rtol 1e-10 atol 1e-12, direct backprop",
                  "memory": "autograd MB = bytes of tensors saved for the backward pass (whole model)"})
