@@ -44,10 +44,11 @@ def test_bench_solvers_tiny(synth_dir, tmp_path, capsys):
     assert (out / "solvers.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_bench_gradients_tiny(tmp_path, capsys):
+def test_bench_gradients_tiny(tmp_path, capsys, monkeypatch):
     out = tmp_path / "g"
+    monkeypatch.setenv("ODENET_DATA_DIR", str(tmp_path / "none"))  # no MNIST in the default folder: random images
     assert main(["bench", "gradients", "--t-ends", "0.5", "--rk4-steps", "2", "8", "--batch", "4", "--reps", "1",
-                 "--out", str(out), "--device", "cpu", "--data-dir", str(tmp_path / "none")]) == 0
+                 "--out", str(out), "--device", "cpu"]) == 0
     rows = json.loads((out / "gradients.json").read_text())["tables"]
     rows = next(iter(rows.values()))
     modes = {(r["solver"], r["steps"], r["mode"]) for r in rows}

@@ -168,6 +168,7 @@ def test_integral_floats_in_a_config_file_are_integers(tmp_path):
     (["bench", "gradients", "--reps", 0], ["--reps"]),
     (["bench", "gradients", "--rk4-steps", 0], ["--rk4-steps"]),
     (["bench", "gradients", "--t-ends", 1, "nan"], ["--t-ends", "got nan"]),
+    (["bench", "gradients", "--data-dir", "no/such/folder"], ["not found under no/such/folder"]),  # was: random images
     (["bench", "gradients", "--t-ends", -1], ["--t-ends", "got -1.0"]),
     (["bench", "gradients", "--t-ends", 1e30], ["--t-ends", "(0, 64]"]),
     (["bench", "speed", "--device", "tpu"], ["device"]),

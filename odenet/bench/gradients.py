@@ -17,15 +17,17 @@ from .common import saved_bytes, sync, write_study
 
 
 def _batch(batch: int, data_dir: Optional[str], device: torch.device):
-    """``batch`` MNIST test images and labels, or random ones where the data is missing (the same code paths)."""
+    """``batch`` MNIST test images and labels from ``data_dir``; without one, from the default folder, or random
+    images where it has no MNIST (the same code paths). A ``data_dir`` given but unreadable is an error."""
+    from ..data import load_split
+
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     try:
-        from ..data import load_split
-
         split = load_split("mnist", data_dir or default_data_dir(), False, torch.device("cpu"), batch, verify=False)
         x, y = split.x, split.y
     except OdenetError:
-        pass
+        if data_dir is not None:
+            raise
     return x.to(device), y.to(device)
 
 
@@ -128,7 +130,7 @@ def run(args, dev: torch.device, data_dir: str, meta: Dict, out: Path) -> None:
     for t in args.t_ends:  # before anything is loaded: a long T is a long reference solve
         if not 0 < t <= MAX_T_END:
             raise OdenetError(f"--t-ends: each T must be a number in (0, {MAX_T_END:g}], got {t!r}")
-    res = bench_gradients(dev, args.t_ends, args.rk4_steps, args.batch, args.reps, data_dir, args.seed)
+    res = bench_gradients(dev, args.t_ends, args.rk4_steps, args.batch, args.reps, args.data_dir, args.seed)
     meta.update({"reference": "float64, dopri5 rtol 1e-10 atol 1e-12, direct backprop",
                  "memory": "autograd MB = bytes of tensors saved for the backward pass (whole model)"})
     write_study(out, "gradients", "Gradients: adjoint vs backprop through the solver", meta, {
