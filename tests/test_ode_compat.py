@@ -627,3 +627,11 @@ def test_a_given_vjp_serves_decreasing_times_too():
     assert torch.allclose(grads[0], grads[1], rtol=1e-8)
     e = Ramp().exponent(1.4, 0.2)
     assert grads[1][0].item() == pytest.approx(math.exp(e), rel=1e-7)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_a_non_finite_derivative_at_the_start_is_a_clear_error(bad):
+    """An infinite derivative made the first-step estimate divide by zero (a ZeroDivisionError traceback from
+    ``odenet train --kinetic 1e30``); NaN gave a NaN step. Both: one SolverError before any step."""
+    with pytest.raises(SolverError, match="^the derivative at the start of the solve holds NaN or infinite values"):
+        odeint(lambda t, y: y * bad, torch.ones(3), torch.tensor([0.0, 1.0]), method="dopri5")
