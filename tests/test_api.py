@@ -272,3 +272,13 @@ def test_the_readmes_from_python_snippet_runs(tmp_path, monkeypatch, capsys):
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102
     out = capsys.readouterr().out
     assert "tensor([7])" in out and "torch.Size([3, 1, 64])" in out
+
+
+@pytest.mark.parametrize("source, words", [
+    ("", "an empty model path"),  # was read as None: the shipped model, without a word
+    (5, "got int"),  # was a TypeError traceback
+    (["run"], "got list"),
+])
+def test_load_refuses_what_is_not_a_model_path(source, words):
+    with pytest.raises(odenet.OdenetError, match=words):
+        odenet.load(source)
