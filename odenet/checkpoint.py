@@ -69,16 +69,16 @@ def resolve_path(path: Optional[Union[str, Path]]) -> Path:
     """A checkpoint file, or a run folder: its ``best.pt`` (chosen on a validation split), else ``last.pt``;
     None: the model shipped with odenet. An empty string is refused, not read as None (an unset variable would
     otherwise load the shipped model without a word)."""
-    if path is not None and not isinstance(path, (str, Path)):
-        raise OdenetError(f"a model is a run folder or checkpoint path (str or pathlib.Path), or None for the shipped "
-                          f"one; got {type(path).__name__}")
-    if path is not None and not str(path):
-        raise OdenetError("an empty model path: give a run folder or checkpoint, or None for the shipped model")
     if path is None:
         if not SHIPPED.is_file():
             raise OdenetError(f"the shipped model is missing from this installation ({SHIPPED.name}); "
                               "pass --model RUN_DIR|CHECKPOINT")
         return SHIPPED
+    if not isinstance(path, (str, Path)):
+        raise OdenetError(f"a model is a run folder or checkpoint path (str or pathlib.Path), or None for the shipped "
+                          f"one; got {type(path).__name__}")
+    if not str(path):
+        raise OdenetError("an empty model path: give a run folder or checkpoint, or None for the shipped model")
     p = Path(path)
     if p.is_dir():
         for name in ("best.pt", "last.pt"):
